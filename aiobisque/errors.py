@@ -1,0 +1,154 @@
+"""The errors aiobisque raises.
+
+Every error derives from :class:`BisqueError`; several also derive from the builtin that a
+plain ``except`` clause would use, so callers who do not know aiobisque still catch them::
+
+    BisqueError
+    ├── ConfigError (ValueError)                 bad option values
+    ├── AuthenticationError (PermissionError)    401, or credentials rejected at login
+    ├── PermissionDeniedError (PermissionError)  403
+    ├── NotFoundError (FileNotFoundError)        404, missing resource, node, or not an array
+    ├── BadRequestError (ValueError)             400, the server refused the query
+    ├── ServerError                              5xx that retries did not cure
+    ├── ProtocolError                            a response that breaks the protocol
+    │   └── ResponseTooLargeError                a size beyond ``max_bytes``
+    ├── TransportError (ConnectionError)         connection failures that retries did not cure
+    │   └── DownloadTimeoutError (TimeoutError)
+    ├── InsecureTransportError                   credentials over plain http to another host
+    ├── DownloadError                            one request failed for good; the download stopped
+    └── IncompleteDownloadError                  a download stopped (error or cancellation)
+                                                 after writing part of a caller's buffer
+
+Messages name the resource, path and range involved. They never contain credentials: URLs
+are always rendered without userinfo and no header is ever included.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AuthenticationError",
+    "BadRequestError",
+    "BisqueError",
+    "ConfigError",
+    "DownloadError",
+    "DownloadTimeoutError",
+    "IncompleteDownloadError",
+    "InsecureTransportError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ProtocolError",
+    "ResponseTooLargeError",
+    "ServerError",
+    "TransportError",
+]
+
+
+class BisqueError(Exception):
+    """Base class of every aiobisque error.
+
+    ``url`` is the failing request's URL without credentials (or ``None``); ``status`` the
+    HTTP status when one was received.
+    """
+
+    def __init__(self, message: str, *, url: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.url = url
+        self.status = status
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # keep errors picklable across processes (dask workers) despite keyword-only args
+        return (_rebuild, (type(self), self.message, dict(self.__dict__)))
+
+
+def _rebuild(cls: type[BisqueError], message: str, state: dict[str, Any]) -> BisqueError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err
+
+
+class ConfigError(BisqueError, ValueError):
+    """An option has an invalid value."""
+
+
+class AuthenticationError(BisqueError, PermissionError):
+    """Credentials are missing or were rejected (HTTP 401, or an empty auth session)."""
+
+
+class PermissionDeniedError(BisqueError, PermissionError):
+    """The logged-in user may not read this resource (HTTP 403)."""
+
+
+class NotFoundError(BisqueError, FileNotFoundError):
+    """The resource or HDF node does not exist, or is not an array (HTTP 404)."""
+
+
+class BadRequestError(BisqueError, ValueError):
+    """The server refused the query as malformed (HTTP 400)."""
+
+
+class ServerError(BisqueError):
+    """The server kept failing (5xx) after the retry policy gave up."""
+
+
+class ProtocolError(BisqueError):
+    """The server answered something the BisQue protocol does not allow."""
+
+
+class ResponseTooLargeError(ProtocolError):
+    """A declared or received size exceeds the configured ``max_bytes``."""
+
+
+class TransportError(BisqueError, ConnectionError):
+    """The connection failed (refused, reset, cut) and retries did not cure it."""
+
+
+class DownloadTimeoutError(TransportError, TimeoutError):
+    """A request or the whole download exceeded its time limit."""
+
+
+class InsecureTransportError(BisqueError):
+    """Credentials would be sent unencrypted to a non-loopback host."""
+
+
+class DownloadError(BisqueError):
+    """One request of a download failed for good, so the download was stopped.
+
+    ``request`` describes the failing request (its BisQue range), ``attempts`` how many
+    times it was tried and ``__cause__`` the last error.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str | None = None,
+        status: int | None = None,
+        request: str | None = None,
+        attempts: int = 0,
+    ):
+        super().__init__(message, url=url, status=status)
+        self.request = request
+        self.attempts = attempts
+
+
+class IncompleteDownloadError(BisqueError):
+    """A download into a caller's ``out=`` buffer stopped part way.
+
+    The buffer holds a mix of new and old data and must not be used as the result.
+    ``done_bytes``/``total_bytes`` tell how far it got.
+    """
+
+    def __init__(self, message: str, *, done_bytes: int = 0, total_bytes: int = 0):
+        super().__init__(message)
+        self.done_bytes = done_bytes
+        self.total_bytes = total_bytes
