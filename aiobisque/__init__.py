@@ -1,10 +1,11 @@
 """aiobisque: fast, dependable asyncio downloads of N-D arrays from BisQue's table service."""
 
+from aiobisque.config import Config, RetryPolicy
+from aiobisque.download import DownloadStats, Progress
 from aiobisque.errors import (
     AuthenticationError,
     BadRequestError,
     BisqueError,
-    ConfigError,
     DownloadError,
     DownloadTimeoutError,
     IncompleteDownloadError,
@@ -13,26 +14,41 @@ from aiobisque.errors import (
     PermissionDeniedError,
     ProtocolError,
     ResponseTooLargeError,
+    SelectionError,
     ServerError,
     TransportError,
+    UsageError,
 )
+from aiobisque.protocol import ArrayInfo
+from aiobisque.session import BisqueSession, MexToken
+from aiobisque.table import RemoteArray, TableService
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArrayInfo",
     "AuthenticationError",
     "BadRequestError",
     "BisqueError",
-    "ConfigError",
+    "BisqueSession",
+    "Config",
     "DownloadError",
+    "DownloadStats",
     "DownloadTimeoutError",
     "IncompleteDownloadError",
     "InsecureTransportError",
+    "MexToken",
     "NotFoundError",
     "PermissionDeniedError",
+    "Progress",
     "ProtocolError",
+    "RemoteArray",
     "ResponseTooLargeError",
+    "RetryPolicy",
+    "SelectionError",
     "ServerError",
+    "TableService",
     "TransportError",
+    "UsageError",
     "__version__",
 ]

@@ -4,7 +4,8 @@ Every error derives from :class:`BisqueError`; several also derive from the buil
 plain ``except`` clause would use, so callers who do not know aiobisque still catch them::
 
     BisqueError
-    ├── ConfigError (ValueError)                 bad option values
+    ├── UsageError (ValueError)                  a bad argument or option value
+    ├── SelectionError (IndexError)              an index out of range or malformed
     ├── AuthenticationError (PermissionError)    401, or credentials rejected at login
     ├── PermissionDeniedError (PermissionError)  403
     ├── NotFoundError (FileNotFoundError)        404, missing resource, node, or not an array
@@ -15,9 +16,8 @@ plain ``except`` clause would use, so callers who do not know aiobisque still ca
     ├── TransportError (ConnectionError)         connection failures that retries did not cure
     │   └── DownloadTimeoutError (TimeoutError)
     ├── InsecureTransportError                   credentials over plain http to another host
-    ├── DownloadError                            one request failed for good; the download stopped
-    └── IncompleteDownloadError                  a download stopped (error or cancellation)
-                                                 after writing part of a caller's buffer
+    └── DownloadError                            one request failed for good; the download stopped
+        └── IncompleteDownloadError              ... after writing part of a caller's ``out=``
 
 Messages name the resource, path and range involved. They never contain credentials: URLs
 are always rendered without userinfo and no header is ever included.
@@ -31,8 +31,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BisqueError",
-    "ConfigError",
-    "DownloadError",
+        "DownloadError",
     "DownloadTimeoutError",
     "IncompleteDownloadError",
     "InsecureTransportError",
@@ -40,8 +39,10 @@ __all__ = [
     "PermissionDeniedError",
     "ProtocolError",
     "ResponseTooLargeError",
+    "SelectionError",
     "ServerError",
     "TransportError",
+    "UsageError",
 ]
 
 
@@ -52,11 +53,28 @@ class BisqueError(Exception):
     HTTP status when one was received.
     """
 
-    def __init__(self, message: str, *, url: str | None = None, status: int | None = None):
+    #: Whether retrying the same request may succeed (set per instance by the fetch layer).
+    transient: bool = False
+    #: Seconds the server asked to wait (``Retry-After``), when it did.
+    retry_after: float | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str | None = None,
+        status: int | None = None,
+        transient: bool | None = None,
+        retry_after: float | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.url = url
         self.status = status
+        if transient is not None:
+            self.transient = transient
+        if retry_after is not None:
+            self.retry_after = retry_after
 
     def __str__(self) -> str:
         return self.message
@@ -76,8 +94,12 @@ def _rebuild(cls: type[BisqueError], message: str, state: dict[str, Any]) -> Bis
     return err
 
 
-class ConfigError(BisqueError, ValueError):
-    """An option has an invalid value."""
+class UsageError(BisqueError, ValueError):
+    """An argument or option has an invalid value (a malformed uniq, a negative concurrency)."""
+
+
+class SelectionError(BisqueError, IndexError):
+    """A selection does not fit the array: an index out of range, too many indices."""
 
 
 class AuthenticationError(BisqueError, PermissionError):
@@ -141,7 +163,7 @@ class DownloadError(BisqueError):
         self.attempts = attempts
 
 
-class IncompleteDownloadError(BisqueError):
+class IncompleteDownloadError(DownloadError):
     """A download into a caller's ``out=`` buffer stopped part way.
 
     The buffer holds a mix of new and old data and must not be used as the result.

@@ -1,0 +1,122 @@
+"""Options as frozen, validated values.
+
+A :class:`Config` is given to a session and can be overridden for one call::
+
+    BisqueSession(root, config=Config(concurrency=4))
+    await table.load_array(uniq, path, concurrency=16)       # replace() for this call only
+
+Invalid values raise :class:`~aiobisque.UsageError` when the object is made, not half way
+through a download.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiobisque.errors import UsageError
+
+__all__ = ["MiB", "Config", "RetryPolicy"]
+
+MiB = 1024 * 1024
+
+#: HTTP statuses worth retrying: timeouts, throttling and server-side failures.
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise UsageError(message)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How each request is retried; turned into a tenacity policy per request.
+
+    A request is tried at most ``max_attempts`` times and not after ``max_delay`` seconds
+    since its first attempt. Waits grow exponentially from ``backoff_initial`` to
+    ``backoff_max`` with full jitter; a ``Retry-After`` header is honoured up to
+    ``retry_after_max`` seconds (a longer one fails the request at once rather than sleeping
+    for hours). ``budget`` bounds the retries of one whole download: at most
+    ``max(budget_min, budget * requests)``, so a server that fails everything is not hammered.
+    """
+
+    max_attempts: int = 6
+    max_delay: float = 120.0
+    backoff_initial: float = 0.2
+    backoff_max: float = 10.0
+    retry_after_max: float = 60.0
+    budget: float = 0.5
+    budget_min: int = 20
+    statuses: frozenset[int] = TRANSIENT_STATUSES
+
+    def __post_init__(self) -> None:
+        _check(self.max_attempts >= 1, f"max_attempts must be >= 1, got {self.max_attempts}")
+        _check(self.max_delay > 0, f"max_delay must be > 0, got {self.max_delay}")
+        _check(
+            0 <= self.backoff_initial <= self.backoff_max,
+            "need 0 <= backoff_initial <= backoff_max",
+        )
+        _check(self.retry_after_max >= 0, "retry_after_max must be >= 0")
+        _check(self.budget >= 0 and self.budget_min >= 0, "retry budget must be >= 0")
+        object.__setattr__(self, "statuses", frozenset(self.statuses))
+
+    def download_budget(self, n_requests: int) -> int:
+        return max(self.budget_min, int(self.budget * n_requests))
+
+
+@dataclass(frozen=True)
+class Config:
+    """Options of a session, each overridable per call.
+
+    - ``concurrency``: most requests in flight, shared by every call on the session.
+    - ``request_bytes``: target payload of one range request.
+    - ``inflight_bytes``: most payload bytes held by requests in flight (bounds memory).
+    - ``max_bytes``: largest array or selection accepted; guards against absurd sizes from a
+      server before anything is allocated.
+    - ``connect_timeout`` / ``read_timeout``: seconds to connect, and the longest silence
+      while reading a response (per read, so big downloads are never cut by a total limit).
+    - ``adaptive``: lower concurrency on 429/503/timeouts, raise it again on success.
+    - ``allow_insecure``: permit credentials over plain http to a non-loopback host.
+    - ``verify_checksum``: check ``Content-MD5`` / ``x-content-md5`` when the server sends it.
+    """
+
+    concurrency: int = 16
+    request_bytes: int = 4 * MiB
+    inflight_bytes: int = 96 * MiB
+    max_bytes: int = 64 * 1024 * MiB
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    adaptive: bool = True
+    min_concurrency: int = 2
+    allow_insecure: bool = False
+    verify_checksum: bool = True
+    max_redirects: int = 5
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def __post_init__(self) -> None:
+        _check(self.concurrency >= 1, f"concurrency must be >= 1, got {self.concurrency}")
+        _check(
+            1 <= self.min_concurrency <= self.concurrency or self.concurrency < 2,
+            "min_concurrency must be between 1 and concurrency",
+        )
+        _check(self.request_bytes >= 1, f"request_bytes must be >= 1, got {self.request_bytes}")
+        _check(self.inflight_bytes >= 1, "inflight_bytes must be >= 1")
+        _check(self.max_bytes >= 0, "max_bytes must be >= 0")
+        _check(self.connect_timeout > 0, "connect_timeout must be > 0")
+        _check(self.read_timeout > 0, "read_timeout must be > 0")
+        _check(self.max_redirects >= 0, "max_redirects must be >= 0")
+        _check(isinstance(self.retry, RetryPolicy), "retry must be a RetryPolicy")
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some options changed (unknown names raise ``UsageError``)."""
+        if not changes:
+            return self
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise UsageError(
+                f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+            )
+        return dataclasses.replace(self, **changes)

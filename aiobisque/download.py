@@ -1,0 +1,229 @@
+"""Running a plan: requests fetched concurrently, decoded off the loop, copied into the output.
+
+:func:`run_plan` starts at most ``concurrency`` workers that pull requests from the plan.
+Each request holds a share of the session's byte budget from before it is sent until its
+data is in the output, and a limiter slot while it talks to the server. When one request
+fails for good, the other workers are cancelled at once (no new request is sent), their
+in-flight requests are closed, and the first error is raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from aiobisque.config import Config
+from aiobisque.decode import check_md5, decode_into
+from aiobisque.errors import BisqueError, DownloadError
+from aiobisque.fetch import RetryBudget, Transport, retrying
+from aiobisque.plan import Plan, Request
+
+__all__ = ["DownloadStats", "Progress", "ProgressCallback", "run_plan"]
+
+#: Room allowed for an HDF5 image's metadata around the payload it carries.
+_HEADER_ALLOWANCE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A snapshot passed to progress callbacks.
+
+    ``done_bytes`` counts payload bytes received; it goes back down when a request that had
+    received part of its body is retried.
+    """
+
+    done_bytes: int
+    total_bytes: int
+    done_requests: int
+    total_requests: int
+    retries: int
+
+    @property
+    def fraction(self) -> float:
+        return self.done_bytes / self.total_bytes if self.total_bytes else 1.0
+
+
+ProgressCallback = Callable[[Progress], Any]
+
+
+@dataclass
+class DownloadStats:
+    """What one download cost. Pass one as ``stats=`` to have it filled in."""
+
+    requests: int = 0  # requests planned
+    attempts: int = 0  # HTTP requests sent, retries included
+    retries: int = 0
+    bytes: int = 0  # payload bytes received, including those of attempts that were retried
+    out_bytes: int = 0  # bytes of the result
+    seconds: float = 0.0
+    peak_in_flight: int = 0
+    errors: list[str] = field(default_factory=list)  # one line per retried error
+
+    @property
+    def throughput(self) -> float:
+        """Result bytes per second."""
+        return self.out_bytes / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.out_bytes / 1e6:.1f} MB in {self.seconds:.2f} s "
+            f"({self.throughput / 1e6:.1f} MB/s), {self.requests} requests, "
+            f"{self.retries} retries"
+        )
+
+
+class _Tracker:
+    """Progress and stats of one download (single-threaded: event loop only)."""
+
+    def __init__(self, plan: Plan, stats: DownloadStats, callback: ProgressCallback | None):
+        self.stats = stats
+        self.callback = callback
+        self.total_bytes = plan.nbytes
+        self.total_requests = len(plan)
+        self.done_bytes = 0
+        self.done_requests = 0
+        self._last_report = 0
+
+    def report(self, force: bool = False) -> None:
+        if self.callback is None:
+            return
+        if not force and self.done_bytes - self._last_report < 1024 * 1024:
+            return
+        self._last_report = self.done_bytes
+        self.callback(
+            Progress(self.done_bytes, self.total_bytes, self.done_requests,
+                     self.total_requests, self.stats.retries)
+        )
+
+
+async def run_plan(
+    transport: Transport,
+    plan: Plan,
+    url_for: Callable[[Request], str],
+    out_core: np.ndarray[Any, Any],
+    dtype: np.dtype[Any],
+    *,
+    config: Config,
+    executor: Executor | None,
+    where: str,
+    progress: ProgressCallback | None = None,
+    stats: DownloadStats | None = None,
+) -> DownloadStats:
+    """Fill ``out_core`` (shaped like the selection's core) with every request of ``plan``."""
+    stats = stats if stats is not None else DownloadStats()
+    stats.requests = len(plan)
+    stats.out_bytes = plan.out_nbytes
+    tracker = _Tracker(plan, stats, progress)
+    budget = RetryBudget(config.retry.download_budget(len(plan)))
+    loop = asyncio.get_running_loop()
+    requests = iter(plan)
+    started = time.perf_counter()
+
+    async def fetch(req: Request) -> None:
+        url = url_for(req)
+        what = f"{where} {req}"
+        received = 0
+
+        def on_bytes(n: int) -> None:
+            nonlocal received
+            received += n
+            stats.bytes += n
+            tracker.done_bytes += n
+            tracker.report()
+
+        def on_retry(exc: BisqueError, attempt: int, delay: float) -> None:
+            nonlocal received
+            tracker.done_bytes -= received  # roll the progress back
+            received = 0
+            stats.retries += 1
+            stats.errors.append(f"{req}: {exc}")
+            tracker.report(force=True)
+
+        attempts = 0
+
+        async def attempt() -> None:
+            nonlocal attempts, received
+            attempts += 1
+            stats.attempts += 1
+            tracker.done_bytes -= received
+            received = 0
+            held = await transport.bytes.acquire(req.nbytes)
+            try:
+                resp = await transport.get(
+                    url,
+                    what=what,
+                    max_body=req.nbytes + _HEADER_ALLOWANCE,
+                    on_bytes=on_bytes,
+                    config=config,
+                )
+                md5 = resp.headers.get("Content-MD5") or resp.headers.get("x-content-md5")
+                if md5 and config.verify_checksum:
+                    check_md5(resp.body, md5, what)
+                dest = out_core[req.out_sel]
+                fut = loop.run_in_executor(
+                    executor,
+                    lambda: decode_into(resp.body, shape=req.chunk_shape, dtype=dtype,
+                                        dest=dest, chunk_sel=req.chunk_sel, where=what),
+                )
+                try:
+                    await asyncio.shield(fut)
+                except asyncio.CancelledError:
+                    # never return while a worker thread still writes into the output
+                    await asyncio.wait([fut])
+                    raise
+            finally:
+                await transport.bytes.release(held)
+
+        try:
+            await retrying(attempt, config.retry, budget=budget, on_retry=on_retry)
+        except BisqueError as exc:
+            if not exc.transient:
+                raise
+            spent = "" if budget.used < budget.total else " (the download's retry budget is spent)"
+            raise DownloadError(
+                f"{what} failed after {attempts} attempt(s){spent}: {exc}",
+                url=exc.url, status=exc.status, request=req.range_text, attempts=attempts,
+            ) from exc
+        tracker.done_requests += 1
+        tracker.report()
+
+    async def worker() -> None:
+        for req in requests:  # shared iterator: each request is taken by one worker
+            await fetch(req)
+
+    n_workers = min(config.concurrency, len(plan))
+    try:
+        await _run_all([worker for _ in range(n_workers)])
+    finally:
+        stats.seconds = time.perf_counter() - started
+        stats.peak_in_flight = max(stats.peak_in_flight, transport.limiter.peak)
+    tracker.report(force=True)
+    return stats
+
+
+async def _run_all(workers: list[Callable[[], Any]]) -> None:
+    """Run coroutines concurrently; on the first failure cancel the rest and raise it.
+
+    Whatever happens (failure, cancellation of the caller) every task has finished when
+    this returns, so no request outlives the download.
+    """
+    tasks = [asyncio.ensure_future(w()) for w in workers]
+    if not tasks:
+        return
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.wait(tasks)
+    for t in tasks:
+        if t.done() and not t.cancelled():
+            error = t.exception()
+            if error is not None:
+                raise error

@@ -1,0 +1,468 @@
+"""Fetching: HTTP requests under one shared limiter, a retry policy, and error translation.
+
+Everything that touches aiohttp lives here, so aiohttp exceptions and HTTP statuses become
+aiobisque errors in exactly one place (:func:`_translate` and :func:`status_error`).
+
+* :class:`Limiter` bounds requests in flight for a whole session (all concurrent calls) and,
+  when adaptive, halves its window on throttling/overload and grows it back one request per
+  window of successes (AIMD). A slot is taken *before* the request starts, so time spent
+  queueing never counts against a timeout.
+* :class:`ByteBudget` bounds the payload bytes held by requests in flight.
+* :func:`retrying` runs one request under a fresh tenacity retry state built from a
+  :class:`~aiobisque.config.RetryPolicy`. Only errors marked transient are retried (an
+  explicit allowlist: ``CancelledError`` and 4xx never are).
+* :class:`Transport` sends GETs: credentials are attached per request and only to trusted
+  origins, redirects are followed by hand (credentials dropped when the origin changes),
+  bodies are read into one buffer sized from ``Content-Length`` and capped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+)
+from yarl import URL
+
+from aiobisque.config import Config, RetryPolicy
+from aiobisque.errors import (
+    AuthenticationError,
+    BadRequestError,
+    BisqueError,
+    DownloadTimeoutError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProtocolError,
+    ResponseTooLargeError,
+    ServerError,
+    TransportError,
+    UsageError,
+)
+from aiobisque.protocol import redact_url
+
+__all__ = ["ByteBudget", "Limiter", "Response", "RetryBudget", "Transport", "retrying"]
+
+log = logging.getLogger("aiobisque")
+
+T = TypeVar("T")
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return (parts.scheme, (parts.hostname or "").lower(), port)
+
+
+def is_loopback(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
+class Limiter:
+    """Requests in flight for a session: a bounded window, adaptive (AIMD) when asked."""
+
+    def __init__(self, maximum: int, minimum: int = 1, adaptive: bool = True):
+        self.maximum = maximum
+        self.minimum = max(1, min(minimum, maximum))
+        self.adaptive = adaptive
+        self.window = float(maximum)
+        self.in_flight = 0
+        self.peak = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._last_cut = 0.0
+
+    @property
+    def limit(self) -> int:
+        return max(self.minimum, int(self.window))
+
+    async def acquire(self) -> None:
+        while self.in_flight >= self.limit:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            try:
+                await fut
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():
+                    self._wake()  # pass the wake-up on to someone else
+                raise
+            finally:
+                if fut in self._waiters:
+                    self._waiters.remove(fut)
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+
+    def release(self, outcome: str = "ok") -> None:
+        """Give a slot back. ``outcome``: ``"ok"``, ``"congested"`` or ``"error"``."""
+        self.in_flight -= 1
+        if self.adaptive:
+            if outcome == "ok":
+                self.window = min(float(self.maximum), self.window + 1.0 / self.window)
+            elif outcome == "congested":
+                now = time.monotonic()
+                # one cut per burst: simultaneous failures are one congestion signal
+                if now - self._last_cut > 1.0:
+                    self.window = max(float(self.minimum), self.window / 2)
+                    self._last_cut = now
+        self._wake()
+
+    def _wake(self) -> None:
+        free = self.limit - self.in_flight
+        while free > 0 and self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                free -= 1
+
+
+class ByteBudget:
+    """Payload bytes held by requests in flight (a request larger than the budget takes it all)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.used = 0
+        self._cond = asyncio.Condition()
+
+    async def acquire(self, n: int) -> int:
+        n = min(n, self.capacity)
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.used + n <= self.capacity)
+            self.used += n
+        return n
+
+    async def release(self, n: int) -> None:
+        async with self._cond:
+            self.used -= n
+            self._cond.notify_all()
+
+
+class RetryBudget:
+    """Retries left for one download; when spent, errors are no longer retried."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.used = 0
+
+    def take(self) -> bool:
+        if self.used >= self.total:
+            return False
+        self.used += 1
+        return True
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def status_error(status: int, url: str, what: str, detail: str = "", retry_after: str | None = None
+                 ) -> BisqueError:
+    """The aiobisque error for an HTTP error status (the one place statuses are mapped)."""
+    safe = redact_url(url)
+    tail = f": {detail}" if detail else ""
+    if status == 400:
+        return BadRequestError(f"{what} was refused as malformed (HTTP 400){tail}", url=safe,
+                               status=status)
+    if status == 401:
+        return AuthenticationError(
+            f"{what} needs a login, or the credentials were rejected (HTTP 401)", url=safe,
+            status=status)
+    if status == 403:
+        return PermissionDeniedError(f"{what}: access denied for this user (HTTP 403)",
+                                     url=safe, status=status)
+    if status == 404:
+        return NotFoundError(f"{what} was not found (HTTP 404){tail}", url=safe, status=status)
+    if status == 501:
+        return ServerError(f"{what}: the server cannot read this file as a table (HTTP 501)"
+                           f"{tail}", url=safe, status=status)
+    transient = status in RetryPolicy().statuses or status >= 500
+    err: BisqueError
+    if status >= 500 or status in (408, 429):
+        err = ServerError(f"{what} failed with HTTP {status}{tail}", url=safe, status=status,
+                          transient=transient)
+    else:
+        err = BadRequestError(f"{what} failed with HTTP {status}{tail}", url=safe, status=status)
+    err.retry_after = _retry_after(retry_after)
+    return err
+
+
+def _translate(exc: BaseException, url: str, what: str) -> BisqueError:
+    """An aiohttp/OS exception as a (transient) aiobisque error."""
+    safe = redact_url(url)
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return DownloadTimeoutError(f"{what}: timed out waiting for the server", url=safe,
+                                    transient=True)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return TransportError(f"{what}: cannot connect to {safe} ({exc.os_error})", url=safe,
+                              transient=True)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return UsageError(f"{what}: invalid URL {safe}")
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return ProtocolError(f"{what}: too many redirects", url=safe)
+    if isinstance(exc, (aiohttp.ClientError, OSError)):
+        return TransportError(f"{what}: connection lost ({type(exc).__name__}: {exc})",
+                              url=safe, transient=True)
+    return TransportError(f"{what}: {type(exc).__name__}", url=safe, transient=True)
+
+
+def _is_congestion(exc: BaseException) -> bool:
+    return isinstance(exc, DownloadTimeoutError) or (
+        isinstance(exc, ServerError) and exc.status in (429, 503)
+    )
+
+
+@dataclass
+class Response:
+    """A completed response: status 200, the whole body, and its headers."""
+
+    url: str
+    body: bytearray
+    headers: Any
+
+
+class Transport:
+    """GET requests to one BisQue server through a shared limiter."""
+
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        config: Config,
+        authorization: str | None = None,
+    ):
+        self.http = http
+        self.config = config
+        self._authorization = authorization
+        self.trusted: set[tuple[str, str, int | None]] = set()
+        self.limiter = Limiter(config.concurrency, config.min_concurrency, config.adaptive)
+        self.bytes = ByteBudget(config.inflight_bytes)
+        self.requests_sent = 0
+
+    def trust(self, url: str) -> None:
+        """Allow credentials to be sent to ``url``'s origin."""
+        self.trusted.add(origin(url))
+
+    def _headers(self, url: str) -> dict[str, str]:
+        headers = {"Accept-Encoding": "identity"}
+        if self._authorization and origin(url) in self.trusted:
+            headers["Authorization"] = self._authorization
+        return headers
+
+    async def get(
+        self,
+        url: str,
+        *,
+        what: str,
+        max_body: int,
+        on_bytes: Callable[[int], None] | None = None,
+        config: Config | None = None,
+    ) -> Response:
+        """One attempt: GET ``url`` under a limiter slot and read the whole body."""
+        cfg = config or self.config
+        await self.limiter.acquire()
+        outcome = "error"
+        try:
+            resp = await self._get_following_redirects(url, what, cfg)
+            outcome = "congested" if resp.status in (429, 503) else "error"
+            try:
+                if resp.status != 200:
+                    detail = await _short_text(resp)
+                    raise status_error(resp.status, url, what, detail,
+                                       resp.headers.get("Retry-After"))
+                body = await _read_body(resp, max_body, on_bytes, what, url)
+                result = Response(str(resp.url), body, resp.headers)
+            finally:
+                resp.release()
+            outcome = "ok"
+            return result
+        except BisqueError as exc:
+            if _is_congestion(exc):
+                outcome = "congested"
+            raise
+        except asyncio.CancelledError:
+            raise
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            err = _translate(exc, url, what)
+            if _is_congestion(err):
+                outcome = "congested"
+            raise err from exc
+        finally:
+            self.limiter.release(outcome)
+
+    async def _get_following_redirects(
+        self, url: str, what: str, cfg: Config
+    ) -> aiohttp.ClientResponse:
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=cfg.connect_timeout, sock_read=cfg.read_timeout
+        )
+        start = origin(url)
+        current = url
+        for _ in range(cfg.max_redirects + 1):
+            headers = self._headers(current)
+            if origin(current) != start:
+                headers.pop("Authorization", None)  # never carry credentials to another origin
+            self.requests_sent += 1
+            log.debug("GET %s", redact_url(current))
+            resp = await self.http.get(
+                URL(current, encoded=True),
+                headers=headers,
+                allow_redirects=False,
+                timeout=timeout,
+            )
+            if resp.status in _REDIRECTS and "Location" in resp.headers:
+                target = urljoin(current, resp.headers["Location"])
+                resp.release()
+                if urlsplit(target).scheme not in ("http", "https"):
+                    raise ProtocolError(f"{what}: redirect to a non-HTTP URL", url=redact_url(url))
+                current = target
+                continue
+            return resp
+        raise ProtocolError(f"{what}: more than {cfg.max_redirects} redirects",
+                            url=redact_url(url))
+
+
+async def _short_text(resp: aiohttp.ClientResponse) -> str:
+    """The first line of an error body, for messages (bounded read, never a credential)."""
+    try:
+        raw = await asyncio.wait_for(resp.content.read(512), timeout=5)
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return ""
+    text = raw.decode("utf-8", "replace").strip()
+    if text.lstrip().startswith("<"):
+        return ""  # an HTML page says nothing useful in a one-line message
+    return text.splitlines()[0][:200] if text else ""
+
+
+async def _read_body(
+    resp: aiohttp.ClientResponse,
+    max_body: int,
+    on_bytes: Callable[[int], None] | None,
+    what: str,
+    url: str,
+) -> bytearray:
+    encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
+    length = None if encoded else resp.content_length
+    if length is not None:
+        if length > max_body:
+            raise ResponseTooLargeError(
+                f"{what}: the server announced {length:,} bytes, more than the "
+                f"{max_body:,} expected", url=redact_url(url))
+        buf = bytearray(length)
+        view = memoryview(buf)
+        pos = 0
+        while pos < length:
+            piece = await resp.content.readany()
+            if not piece:
+                break
+            n = len(piece)
+            if pos + n > length:
+                raise ProtocolError(f"{what}: body longer than its Content-Length",
+                                    url=redact_url(url))
+            view[pos : pos + n] = piece
+            pos += n
+            if on_bytes:
+                on_bytes(n)
+        if pos < length:
+            raise TransportError(f"{what}: body cut short ({pos:,} of {length:,} bytes)",
+                                 url=redact_url(url), transient=True)
+        return buf
+    buf = bytearray()
+    while True:
+        piece = await resp.content.readany()
+        if not piece:
+            return buf
+        if len(buf) + len(piece) > max_body:
+            raise ResponseTooLargeError(
+                f"{what}: body grew beyond the {max_body:,} bytes expected", url=redact_url(url))
+        buf += piece
+        if on_bytes:
+            on_bytes(len(piece))
+
+
+def _should_retry(policy: RetryPolicy, budget: RetryBudget | None) -> Callable[[BaseException],
+                                                                             bool]:
+    def predicate(exc: BaseException) -> bool:
+        # explicit allowlist: only our own errors marked transient (never CancelledError)
+        if not isinstance(exc, BisqueError) or not exc.transient:
+            return False
+        if exc.status is not None and exc.status not in policy.statuses and exc.status < 500:
+            return False
+        if exc.retry_after is not None and exc.retry_after > policy.retry_after_max:
+            exc.message += (f" (the server asked to wait {exc.retry_after:.0f} s, more than "
+                            f"retry_after_max={policy.retry_after_max:.0f} s)")
+            return False
+        return budget is None or budget.take()
+
+    return predicate
+
+
+def _wait(policy: RetryPolicy) -> Callable[[RetryCallState], float]:
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, BisqueError) and exc.retry_after is not None:
+            return min(exc.retry_after, policy.retry_after_max)
+        ceiling = min(policy.backoff_max,
+                      policy.backoff_initial * 2 ** max(0, state.attempt_number - 1))
+        return random.uniform(0, ceiling)  # full jitter
+
+    return wait
+
+
+async def retrying(
+    attempt: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    budget: RetryBudget | None = None,
+    on_retry: Callable[[BisqueError, int, float], None] | None = None,
+) -> tuple[T, int]:
+    """Run ``attempt`` under a fresh retry state; returns its result and the attempts used.
+
+    The last error is re-raised as is once the policy gives up.
+    """
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        if isinstance(exc, BisqueError):
+            log.info("retrying in %.2f s after attempt %d: %s", delay, state.attempt_number, exc)
+            if on_retry:
+                on_retry(exc, state.attempt_number, delay)
+
+    retryer = AsyncRetrying(
+        stop=stop_after_attempt(policy.max_attempts) | stop_before_delay(policy.max_delay),
+        wait=_wait(policy),
+        retry=retry_if_exception(_should_retry(policy, budget)),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    attempts = 0
+    async for state in retryer:
+        with state:
+            attempts = state.retry_state.attempt_number
+            result = await attempt()
+    return result, attempts

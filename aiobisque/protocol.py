@@ -1,0 +1,307 @@
+"""The BisQue wire protocol, client side: names, URLs and the documents the server sends.
+
+Pure functions only (no I/O), so every rule of ``shared/bisque-protocol.md`` that the client
+relies on is tested here directly:
+
+* :func:`parse_uniq` accepts a bare uniq, a ``data_service`` URL or a viewer URL;
+* :func:`table_url` quotes each HDF path component on its own (and wraps range-like ones in
+  double quotes), so no user string can change the URL's structure;
+* :func:`parse_services`, :func:`parse_session_user` and :func:`parse_info` read the XML and
+  JSON documents, rejecting anything the protocol does not allow with :class:`ProtocolError`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import parse_qs, quote, urljoin, urlsplit, urlunsplit
+from xml.etree import ElementTree
+
+import numpy as np
+
+from aiobisque.errors import NotFoundError, ProtocolError, ResponseTooLargeError, UsageError
+
+__all__ = [
+    "ArrayInfo",
+    "parse_info",
+    "parse_services",
+    "parse_session_user",
+    "parse_uniq",
+    "quote_component",
+    "redact_url",
+    "split_path",
+    "table_url",
+]
+
+# Uniqs are BisQue's resource ids ("00-orJQLiXgqh8K955C6qzhyC"); anything outside this
+# alphabet could change a URL's meaning, so it is refused rather than escaped.
+_UNIQ_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}")
+_RANGE_LIKE_RE = re.compile(r"[0-9:;,]+")
+
+
+def redact_url(url: str) -> str:
+    """``url`` without userinfo, query or fragment: safe for messages and logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def parse_uniq(resource: str) -> str:
+    """The uniq named by a bare uniq, a ``data_service`` URL or a viewer URL.
+
+    >>> parse_uniq("https://h/client_service/view?resource=https://h/data_service/00-abc")
+    '00-abc'
+    """
+    if not isinstance(resource, str):
+        raise UsageError(f"a resource must be given as a string, not {type(resource).__name__}")
+    text = resource.strip()
+    if "://" in text:
+        parts = urlsplit(text)
+        query = parse_qs(parts.query)
+        if query.get("resource"):
+            return parse_uniq(query["resource"][0])
+        segments = [s for s in parts.path.split("/") if s]
+        if not segments:
+            raise UsageError(f"no resource uniq in URL {redact_url(text)!r}")
+        text = segments[-1]
+    if not _UNIQ_RE.fullmatch(text) or text.strip(".") == "":
+        raise UsageError(
+            f"{resource!r} is not a BisQue resource: expected a uniq such as "
+            "'00-orJQLiXgqh8K955C6qzhyC', a data_service URL or a viewer URL"
+        )
+    return text
+
+
+def split_path(path: str | Sequence[str] | None) -> tuple[str, ...]:
+    """HDF path components: ``"/a/b"`` or ``["a", "b"]``; empty components are dropped."""
+    if path is None:
+        return ()
+    if isinstance(path, str):
+        parts: Sequence[str] = path.split("/")
+    else:
+        parts = list(path)
+    out = []
+    for p in parts:
+        if not isinstance(p, str):
+            raise UsageError(f"HDF path components must be strings, got {p!r}")
+        if "\x00" in p:
+            raise UsageError(f"HDF path component {p!r} contains a NUL character")
+        if p:
+            out.append(p)
+    return tuple(out)
+
+
+def quote_component(component: str) -> str:
+    """One HDF path component as a single URL path segment.
+
+    Range-like names (only digits, ``:``, ``;``, ``,``) are wrapped in double quotes first,
+    as BisQue expects, so the server never mistakes them for a range. Dot segments are
+    quoted too so no URL normaliser collapses them.
+    """
+    if _RANGE_LIKE_RE.fullmatch(component):
+        component = f'"{component}"'
+    quoted = quote(component, safe="")
+    if quoted in (".", ".."):
+        quoted = quoted.replace(".", "%2E")
+    return quoted
+
+
+def table_url(
+    table_base: str,
+    uniq: str,
+    path: Sequence[str],
+    range_text: str | None = None,
+    ops: Sequence[str] = (),
+) -> str:
+    """``{table}/{uniq}/{path...}/{range}/{ops...}`` with every component quoted."""
+    base = table_base if table_base.endswith("/") else table_base + "/"
+    segments = [quote(parse_uniq(uniq), safe="")]
+    segments += [quote_component(c) for c in path]
+    if range_text is not None:
+        segments.append(range_text)
+    segments += list(ops)
+    return base + "/".join(segments)
+
+
+def _xml(text: str | bytes, what: str, url: str) -> ElementTree.Element:
+    try:
+        return ElementTree.fromstring(text)
+    except ElementTree.ParseError as exc:
+        head = text[:80] if isinstance(text, str) else text[:80].decode("utf-8", "replace")
+        raise ProtocolError(
+            f"{what} at {redact_url(url)} is not XML ({exc}); it starts with {head!r}", url=url
+        ) from None
+
+
+def parse_services(text: str | bytes, root: str) -> dict[str, str]:
+    """Service name -> absolute base URL (ending in ``/``) from ``{root}/services``."""
+    url = root.rstrip("/") + "/services"
+    doc = _xml(text, "the services list", url)
+    services: dict[str, str] = {}
+    for tag in doc.iter("tag"):
+        if tag.get("name") != "service":
+            continue
+        name, value = tag.get("type"), tag.get("value")
+        if not name or not value:
+            continue
+        absolute = urljoin(root.rstrip("/") + "/", value)
+        if urlsplit(absolute).scheme not in ("http", "https"):
+            raise ProtocolError(f"service {name!r} has a non-HTTP URL {value!r}", url=url)
+        services[name] = absolute if absolute.endswith("/") else absolute + "/"
+    if not services:
+        raise ProtocolError(
+            f"{redact_url(url)} lists no services: is {redact_url(root)!r} a BisQue server?",
+            url=url,
+        )
+    return services
+
+
+def parse_session_user(text: str | bytes, url: str) -> str | None:
+    """The user named by an ``auth_service/session`` document, or None when anonymous."""
+    doc = _xml(text, "the auth session", url)
+    for tag in doc.iter("tag"):
+        if tag.get("name") == "user" and tag.get("value"):
+            return tag.get("value")
+    return None
+
+
+Kind = Literal["matrix", "table", "group"]
+
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    """What ``info`` says about a node of an HDF file on the server.
+
+    ``kind`` is ``"matrix"`` (an N-D array), ``"table"`` (a compound table) or ``"group"``.
+    For groups ``shape`` and ``dtype`` are ``None`` and ``children`` lists the nodes inside.
+    """
+
+    uniq: str
+    path: str
+    kind: Kind
+    shape: tuple[int, ...] | None
+    dtype: np.dtype[Any] | None
+    headers: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    children: tuple[tuple[str, str], ...] = ()  # (path, kind) pairs, for groups
+
+    @property
+    def ndim(self) -> int:
+        return 0 if self.shape is None else len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return 0 if self.shape is None else math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.dtype is None else self.size * self.dtype.itemsize
+
+    def arrays(self) -> list[str]:
+        """Paths of the arrays and tables directly inside a group."""
+        return [p for p, k in self.children if k in ("matrix", "table")]
+
+
+def _dtype(name: Any, where: str, url: str) -> np.dtype[Any]:
+    try:
+        dt = np.dtype(str(name))
+    except TypeError:
+        raise ProtocolError(f"unknown element type {name!r} in {where}", url=url) from None
+    if dt.hasobject:
+        raise ProtocolError(f"object element type {name!r} in {where}", url=url)
+    return dt.newbyteorder("=") if dt.byteorder not in ("|", "=") else dt
+
+
+def parse_info(
+    body: str | bytes, *, uniq: str, path: str, url: str, max_bytes: int
+) -> ArrayInfo:
+    """Read ``info/format:json``, refusing absurd sizes before anything is allocated."""
+    where = f"info of {uniq}/{path}"
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        head = body[:80] if isinstance(body, str) else body[:80].decode("utf-8", "replace")
+        raise ProtocolError(
+            f"{where} is not JSON; it starts with {head!r} (a login page or proxy error?)",
+            url=url,
+        ) from None
+    if not isinstance(doc, dict):
+        raise ProtocolError(f"{where} is not a JSON object", url=url)
+    children: list[tuple[str, str]] = []
+    for g in doc.get("group") or []:
+        if isinstance(g, dict) and isinstance(g.get("path"), str):
+            children.append((g["path"], str(g.get("type", ""))))
+    meta = doc.get("meta") or {}
+    if not isinstance(meta, dict):
+        meta = {}
+    if "sizes" not in doc:
+        # protocol: "info has no sizes" means "this path is not an array"
+        return ArrayInfo(uniq, path, "group", None, None, meta=meta, children=tuple(children))
+
+    sizes = doc["sizes"]
+    if not isinstance(sizes, list) or not all(
+        isinstance(s, int) and not isinstance(s, bool) for s in sizes
+    ):
+        raise ProtocolError(f"{where} has malformed sizes {sizes!r}", url=url)
+    if any(s < 0 for s in sizes) or len(sizes) > 64:
+        raise ProtocolError(f"{where} has impossible sizes {sizes!r}", url=url)
+    headers = doc.get("headers") or []
+    types = doc.get("types") or []
+    if not isinstance(headers, list) or not isinstance(types, list):
+        raise ProtocolError(f"{where} has malformed headers/types", url=url)
+    headers = [str(h) for h in headers]
+    if not types:
+        raise ProtocolError(f"{where} gives no element type", url=url)
+    is_table = bool(headers) and not all(h.isdigit() for h in headers)
+    if is_table and len(headers) != len(types):
+        raise ProtocolError(f"{where} has {len(headers)} columns but {len(types)} types", url=url)
+    if is_table:
+        try:
+            dtype = np.dtype(
+                [(h, _dtype(t, where, url)) for h, t in zip(headers, types, strict=True)]
+            )
+        except ValueError as exc:
+            raise ProtocolError(f"{where} has unusable table columns: {exc}", url=url) from None
+        # PyTables tables are 1-D arrays of records; sizes is [rows, columns]
+        shape: tuple[int, ...] = (sizes[0],) if sizes else (0,)
+        kind: Kind = "table"
+    else:
+        if len(set(map(str, types))) != 1:
+            raise ProtocolError(f"{where} mixes element types {types!r}", url=url)
+        dtype = _dtype(types[0], where, url)
+        shape = tuple(sizes)
+        kind = "matrix"
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > max_bytes:
+        raise ResponseTooLargeError(
+            f"{where} declares shape {shape} of {dtype} ({nbytes:,} bytes), more than "
+            f"max_bytes={max_bytes:,}; raise max_bytes if this is really intended",
+            url=url,
+        )
+    return ArrayInfo(
+        uniq,
+        path,
+        kind,
+        shape,
+        dtype,
+        headers=tuple(headers),
+        types=tuple(str(t) for t in types),
+        meta=meta,
+        children=tuple(children),
+    )
+
+
+def not_an_array(info: ArrayInfo) -> NotFoundError:
+    """The error for trying to download a group."""
+    inside = info.arrays()
+    listing = ", ".join(inside[:20]) + (" ..." if len(inside) > 20 else "")
+    hint = f"; arrays inside: {listing}" if inside else "; it holds no arrays"
+    return NotFoundError(f"{info.uniq}/{info.path} is a group, not an array{hint}")

@@ -1,0 +1,218 @@
+"""The BisQue session: services, authentication, and the shared transport."""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from aiobisque.config import Config
+from aiobisque.errors import (
+    AuthenticationError,
+    BisqueError,
+    InsecureTransportError,
+    NotFoundError,
+    UsageError,
+)
+from aiobisque.fetch import Transport, is_loopback, retrying
+from aiobisque.protocol import parse_services, parse_session_user, redact_url
+
+__all__ = ["BisqueSession", "MexToken"]
+
+log = logging.getLogger("aiobisque")
+
+_DOC_LIMIT = 16 * 1024 * 1024  # services/session/info documents are small
+
+
+@dataclass(frozen=True)
+class MexToken:
+    """A BisQue module-execution token: ``Authorization: Mex TOKEN`` (or ``Mex USER:TOKEN``)."""
+
+    token: str
+    user: str | None = None
+
+    def header(self) -> str:
+        return f"Mex {self.user}:{self.token}" if self.user else f"Mex {self.token}"
+
+    def __repr__(self) -> str:
+        return f"MexToken(user={self.user!r}, token='***')"
+
+
+Auth = tuple[str, str] | MexToken | None
+
+
+def _authorization(auth: Any) -> tuple[str | None, str | None]:
+    """(Authorization header, user name) for the accepted forms of ``auth``."""
+    if auth is None:
+        return None, None
+    if isinstance(auth, MexToken):
+        return auth.header(), auth.user
+    if isinstance(auth, aiohttp.BasicAuth):
+        return auth.encode(), auth.login
+    if isinstance(auth, tuple) and len(auth) == 2 and all(isinstance(x, str) for x in auth):
+        return aiohttp.BasicAuth(auth[0], auth[1]).encode(), auth[0]
+    raise UsageError("auth must be None, a (user, password) tuple or a MexToken")
+
+
+class BisqueSession:
+    """An async session with one BisQue server.
+
+    >>> async with BisqueSession("https://bisque.example.org", auth=("me", "pw")) as bq:
+    ...     arr = await bq.table.load_array(uniq, "path/to/array")
+
+    On entry the session reads ``{root}/services`` and, when credentials are given, checks
+    them with ``auth_service/session``: rejected credentials raise
+    :class:`~aiobisque.AuthenticationError` at once. ``session=`` takes a caller's
+    ``aiohttp.ClientSession``, which is then left open on exit. Options are a
+    :class:`~aiobisque.Config`, or keyword overrides of the default one.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        auth: Auth | aiohttp.BasicAuth = None,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        config: Config | None = None,
+        **options: Any,
+    ):
+        if not isinstance(root, str) or not root.startswith(("http://", "https://")):
+            raise UsageError(f"root must be an http(s) URL such as 'https://host', got {root!r}")
+        self.root = root.rstrip("/")
+        self.config = (config or Config()).replace(**options)
+        self._authorization, self.user = _authorization(auth)
+        if (
+            self._authorization
+            and self.root.startswith("http://")
+            and not is_loopback(self.root)
+            and not self.config.allow_insecure
+        ):
+            raise InsecureTransportError(
+                f"refusing to send credentials unencrypted to {redact_url(self.root)}; "
+                "use https, or pass allow_insecure=True if you accept the risk"
+            )
+        self._own_http = session is None
+        self._http = session
+        self._transport: Transport | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self.services: dict[str, str] = {}
+        self._table: Any = None
+
+    def __repr__(self) -> str:
+        state = "open" if self._transport else "closed"
+        return f"<BisqueSession {redact_url(self.root)} user={self.user!r} {state}>"
+
+    async def __aenter__(self) -> BisqueSession:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Connect: load the services and check the credentials (done by ``async with``)."""
+        if self._transport is not None:
+            return
+        if self._http is None:
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
+            self._http = aiohttp.ClientSession(connector=connector, auto_decompress=True)
+        self._transport = Transport(self._http, self.config, self._authorization)
+        self._transport.trust(self.root)
+        self._executor = ThreadPoolExecutor(
+            max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="aiobisque-decode"
+        )
+        try:
+            body = await self.get_document(f"{self.root}/services", "the services list")
+            self.services = parse_services(bytes(body), self.root)
+            for url in self.services.values():
+                if not url.startswith("http://") or is_loopback(url) or \
+                        self.config.allow_insecure:
+                    self._transport.trust(url)
+            await self._check_login()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _check_login(self) -> None:
+        auth_url = self.services.get("auth_service")
+        if self._authorization is None or auth_url is None:
+            return
+        url = auth_url + "session"
+        try:
+            body = await self.get_document(url, "the login check")
+        except AuthenticationError:
+            user = None
+        else:
+            user = parse_session_user(bytes(body), url)
+        if user is None:
+            who = f"user {self.user!r}" if self.user else "the Mex token"
+            raise AuthenticationError(
+                f"{redact_url(self.root)} rejected the credentials of {who} "
+                "(wrong user name or password?)",
+                url=redact_url(url),
+            )
+        self.user = user
+
+    async def close(self) -> None:
+        """Close connections (not those of a caller's ``session=``) and worker threads."""
+        self._transport = None
+        if self._own_http and self._http is not None:
+            await self._http.close()
+            self._http = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    @property
+    def transport(self) -> Transport:
+        if self._transport is None:
+            raise BisqueError("the session is not open: use 'async with BisqueSession(...)'")
+        return self._transport
+
+    @property
+    def executor(self) -> ThreadPoolExecutor | None:
+        return self._executor
+
+    async def get_document(self, url: str, what: str, config: Config | None = None) -> bytearray:
+        """GET a small document (XML/JSON) with retries; returns its body."""
+        cfg = config or self.config
+        transport = self.transport
+
+        async def attempt() -> bytearray:
+            return (await transport.get(url, what=what, max_body=_DOC_LIMIT, config=cfg)).body
+
+        body, _ = await retrying(attempt, cfg.retry)
+        return body
+
+    def service(self, name: str) -> Any:
+        """A service proxy by name. Only the table service (``"table"``) is provided."""
+        if name in ("table", "tables"):
+            return self.table
+        known = ", ".join(sorted(self.services)) or "none"
+        raise NotFoundError(f"aiobisque has no client for service {name!r} (server offers: {known})")
+
+    @property
+    def table(self) -> Any:
+        """The :class:`~aiobisque.TableService` of this session."""
+        if self._table is None:
+            from aiobisque.table import TableService
+
+            base = self.services.get("table") or self.services.get("tables")
+            if base is None:
+                self.transport  # noqa: B018 - raises when the session is not open
+                known = ", ".join(sorted(self.services))
+                raise NotFoundError(
+                    f"{redact_url(self.root)} offers no table service (services: {known})"
+                )
+            self._table = TableService(self, base)
+        return self._table

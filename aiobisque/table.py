@@ -1,0 +1,191 @@
+"""The table service: ``info``, ``load_array`` and lazily-read :class:`RemoteArray` objects."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from aiobisque.config import Config
+from aiobisque.download import DownloadStats, ProgressCallback, run_plan
+from aiobisque.errors import IncompleteDownloadError, UsageError
+from aiobisque.plan import Request, make_plan
+from aiobisque.protocol import (
+    ArrayInfo,
+    not_an_array,
+    parse_info,
+    parse_uniq,
+    split_path,
+    table_url,
+)
+from aiobisque.selection import Selection, bqapi_selection, normalize_selection
+
+if TYPE_CHECKING:
+    from aiobisque.session import BisqueSession
+
+__all__ = ["RemoteArray", "TableService"]
+
+
+class TableService:
+    """BisQue's table service on one session (``bq.service("table")`` or ``bq.table``)."""
+
+    def __init__(self, session: BisqueSession, base_url: str):
+        self.session = session
+        self.base_url = base_url
+
+    def __repr__(self) -> str:
+        return f"<TableService of {self.session!r}>"
+
+    async def info(self, uniq: str, path: str | Sequence[str] = "", **options: Any) -> ArrayInfo:
+        """Metadata of a node: shape, dtype, kind, headers, types, meta, children."""
+        cfg = self.session.config.replace(**options)
+        uniq = parse_uniq(uniq)
+        parts = split_path(path)
+        url = table_url(self.base_url, uniq, parts, None, ["info", "format:json"])
+        shown = "/".join(parts)
+        body = await self.session.get_document(url, f"info of {uniq}/{shown}", cfg)
+        return parse_info(bytes(body), uniq=uniq, path=shown, url=url, max_bytes=cfg.max_bytes)
+
+    async def open(self, uniq: str, path: str | Sequence[str] = "", **options: Any) -> RemoteArray:
+        """A :class:`RemoteArray` for an array node (one ``info`` request, no data yet)."""
+        info = await self.info(uniq, path, **options)
+        if info.kind == "group":
+            raise not_an_array(info)
+        return RemoteArray(self, info)
+
+    async def load_array(
+        self,
+        uniq: str,
+        path: str | Sequence[str],
+        slices: Sequence[slice | int] | None = None,
+        *,
+        out: np.ndarray[Any, Any] | None = None,
+        progress: ProgressCallback | None = None,
+        stats: DownloadStats | None = None,
+        **options: Any,
+    ) -> np.ndarray[Any, Any]:
+        """Download an array or part of it, with ``bqapi``'s argument and result shapes.
+
+        ``slices`` is a list with one entry per leading dimension: a ``slice`` selects a
+        range, an ``int`` keeps a length-1 dimension, missing dimensions are whole. Negative
+        indices and steps work too (``bqapi`` rejects them or silently drops steps).
+        """
+        arr = await self.open(uniq, path, **options)
+        sel = bqapi_selection(slices, arr.shape)
+        return await arr._read_selection(sel, out=out, progress=progress, stats=stats,
+                                         **options)
+
+
+class RemoteArray:
+    """An array on the server, read with numpy indexing: ``await arr.read(np.s_[..., -1])``."""
+
+    def __init__(self, table: TableService, info: ArrayInfo):
+        assert info.shape is not None and info.dtype is not None
+        self.table = table
+        self.info = info
+        self.shape: tuple[int, ...] = info.shape
+        self.dtype: np.dtype[Any] = info.dtype
+        self._path = split_path(info.path)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return self.info.size
+
+    @property
+    def nbytes(self) -> int:
+        return self.info.nbytes
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d array")
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return (f"<RemoteArray {self.info.uniq}/{self.info.path} shape={self.shape} "
+                f"dtype={self.dtype}>")
+
+    def url_for(self, request: Request) -> str:
+        range_text = request.range_text if self.shape else None
+        return table_url(self.table.base_url, self.info.uniq, self._path, range_text,
+                         ["format:hdf"])
+
+    async def read(
+        self,
+        selection: Any = Ellipsis,
+        *,
+        out: np.ndarray[Any, Any] | None = None,
+        progress: ProgressCallback | None = None,
+        stats: DownloadStats | None = None,
+        **options: Any,
+    ) -> np.ndarray[Any, Any]:
+        """Download ``selection`` (numpy basic indexing) and return it as an ndarray.
+
+        ``out=`` takes any writable array of the result's shape (ndarray, ``np.memmap``, a
+        view) whose dtype the data can be cast to safely within its kind; it is filled and
+        returned. If the download fails or is cancelled after writing into ``out``, an
+        :class:`~aiobisque.IncompleteDownloadError` (or the cancellation, with a note) says
+        the buffer is incomplete.
+        """
+        sel = normalize_selection(selection, self.shape)
+        return await self._read_selection(sel, out=out, progress=progress, stats=stats,
+                                          **options)
+
+    async def _read_selection(
+        self,
+        sel: Selection,
+        *,
+        out: np.ndarray[Any, Any] | None,
+        progress: ProgressCallback | None,
+        stats: DownloadStats | None,
+        **options: Any,
+    ) -> np.ndarray[Any, Any]:
+        session = self.table.session
+        cfg: Config = session.config.replace(**options)
+        nbytes = sel.size * self.dtype.itemsize
+        if nbytes > cfg.max_bytes:
+            raise UsageError(
+                f"the selection is {nbytes:,} bytes, more than max_bytes={cfg.max_bytes:,}; "
+                "pass a larger max_bytes (or write to a file with out=np.memmap)"
+            )
+        if out is None:
+            result = np.empty(sel.shape, dtype=self.dtype)
+        else:
+            result = _check_out(out, sel.shape, self.dtype)
+        plan = make_plan(sel, self.dtype.itemsize, cfg.request_bytes)
+        core = result[sel.result_to_core()]
+        where = f"{self.info.uniq}/{self.info.path}"
+        try:
+            await run_plan(
+                session.transport, plan, self.url_for, core, self.dtype,
+                config=cfg, executor=session.executor, where=where,
+                progress=progress, stats=stats,
+            )
+        except asyncio.CancelledError as exc:
+            if out is not None:
+                exc.add_note("aiobisque: the out= buffer is incomplete (download cancelled)")
+            raise
+        except Exception as exc:
+            if out is not None and len(plan):
+                raise IncompleteDownloadError(
+                    f"download of {where} into out= stopped; the buffer is incomplete: {exc}"
+                ) from exc
+            raise
+        return result
+
+
+def _check_out(out: Any, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
+    if not isinstance(out, np.ndarray):
+        raise UsageError(f"out= must be a numpy array (or memmap), got {type(out).__name__}")
+    if out.shape != shape:
+        raise UsageError(f"out= has shape {out.shape}, the selection has shape {shape}")
+    if not out.flags.writeable:
+        raise UsageError("out= is read-only")
+    if not np.can_cast(dtype, out.dtype, casting="same_kind"):
+        raise UsageError(f"cannot store {dtype} data in an out= array of {out.dtype}")
+    return out
