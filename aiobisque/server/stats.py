@@ -1,0 +1,72 @@
+"""Live counters of the embedded server, read by tests and benchmarks."""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+__all__ = ["DataRecord", "ServerStats"]
+
+_LOG_LIMIT = 100_000
+
+
+@dataclass
+class DataRecord:
+    """One data request: the range as received, HDF path, format, outcome and timing.
+
+    ``start`` and ``end`` are ``time.monotonic()`` values; ``fault`` the injected fault
+    kind or ``None``; ``status`` the status sent (200 even when the body was then cut).
+    """
+
+    range: str | None
+    path: str
+    format: str
+    status: int
+    fault: str | None
+    start: float
+    end: float
+
+
+@dataclass
+class ServerStats:
+    """Counters updated as requests are served.
+
+    - ``requests``: by kind (``services``, ``session``, ``login_providers``,
+      ``data_service``, ``info``, ``data``, ``other``);
+    - ``statuses``: by status code sent;
+    - ``in_flight`` / ``peak_in_flight``: data requests being served now / at most;
+    - ``bytes_sent``: data body bytes written;
+    - ``faults``: by injected fault kind (``error``, ``throttle``, ``reset``, ``truncate``,
+      ``stall``, ``latency``);
+    - ``data_log``: a list of :class:`DataRecord`, the last 100,000 or a few more.
+    """
+
+    requests: collections.Counter[str] = field(default_factory=collections.Counter)
+    statuses: collections.Counter[int] = field(default_factory=collections.Counter)
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    bytes_sent: int = 0
+    faults: collections.Counter[str] = field(default_factory=collections.Counter)
+    data_log: list[DataRecord] = field(default_factory=list, repr=False)
+
+    def reset(self) -> None:
+        """Zero every counter and clear the log (``in_flight`` keeps counting live requests)."""
+        self.requests.clear()
+        self.statuses.clear()
+        self.peak_in_flight = self.in_flight
+        self.bytes_sent = 0
+        self.faults.clear()
+        self.data_log.clear()
+
+    def enter(self) -> None:
+        """A data request starts."""
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+
+    def leave(self, record: DataRecord) -> None:
+        """A data request ends: count its status and keep its record."""
+        self.in_flight -= 1
+        self.data_log.append(record)
+        # trim in batches so appending stays O(1) amortised
+        if len(self.data_log) > _LOG_LIMIT + _LOG_LIMIT // 10:
+            del self.data_log[: len(self.data_log) - _LOG_LIMIT]
