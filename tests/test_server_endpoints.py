@@ -206,7 +206,8 @@ async def test_info_of_array_group_and_table(server: TableServer, http: Any) -> 
         ("vol/data/volume/0,0,0,0/format:hdf", 400),
         ("vol/data/volume/-1/format:hdf", 400),
         ("vol/data/volume/1;2;3/format:hdf", 400),
-        ("vol/data/volume/a;b/format:hdf", 404),  # not range-like: a missing node
+        ("vol/data/volume/a;b/format:hdf", 400),  # after a dataset: a malformed range
+        ("vol/data/a;b/format:hdf", 404),  # after a group: a missing node
         ("vol/data/volume/0;1/0;1/format:hdf", 400),
     ],
 )

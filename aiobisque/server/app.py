@@ -61,7 +61,8 @@ class TableServer:
         root: ``"http://127.0.0.1:PORT"``, no trailing slash.
         stats: live :class:`ServerStats`.
         faults: the :class:`FaultPlan` applied to the next data requests; assign a new
-            plan at any time (the data-request count that seeds its decisions goes on).
+            plan at any time. Each plan numbers data requests from 0 from the moment it
+            is installed, so ``fail_first`` and seeded decisions start afresh.
         folder: the served folder.
     """
 
@@ -113,6 +114,7 @@ class TableServer:
         if not isinstance(plan, FaultPlan):
             raise TypeError("faults must be a FaultPlan")
         self._faults = plan
+        self._data_seq = 0
 
     def service_url(self, name: str) -> str:
         """The absolute base URL (ending in ``/``) of a service, as ``/services`` lists it."""

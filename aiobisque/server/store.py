@@ -174,7 +174,7 @@ class Store:
             node = child
             rest.pop(0)
         query.path = node.name
-        ops = self._split_range(rest, query)
+        self._split_range(rest, query, isinstance(node, h5py.Dataset))
         kind = _node_kind(node)
         if kind is None:
             raise _fail(404, f"no table node at {node.name}")
@@ -182,7 +182,6 @@ class Store:
             return self._info(node, kind, query)
         if kind == "group":
             raise _fail(400, f"{node.name} is a group, not an array")
-        del ops
         return self._data(node, kind, query)
 
     @staticmethod
@@ -205,10 +204,14 @@ class Store:
             return None
 
     @staticmethod
-    def _split_range(rest: list[str], query: TableQuery) -> list[str]:
+    def _split_range(rest: list[str], query: TableQuery, dataset: bool) -> None:
+        """Take the range and ops from what follows the HDF path (into ``query``)."""
         ops = []
-        # the first component after the HDF path is the range, when it looks like one
-        if rest and (rest[0] == "" or is_range_like(rest[0])):
+        # the first component after the HDF path is the range when it looks like one; after
+        # a dataset (which has no children) anything but an op is a (maybe malformed) range
+        first = rest[0] if rest else "info"
+        is_op = first == "info" or first.startswith("format:")
+        if not is_op and (is_range_like(first) or (dataset and not first.startswith('"'))):
             query.range = rest.pop(0)
         for component in rest:
             if component == "":
@@ -226,7 +229,6 @@ class Store:
             ops.append(component)
         if not any(op.startswith("format:") for op in ops):
             query.format = _negotiate(query.accept)
-        return ops
 
     def _info(self, node: Any, kind: str, query: TableQuery) -> Answer:
         doc: dict[str, Any]
