@@ -59,7 +59,7 @@ class DownloadStats:
     requests: int = 0  # requests planned
     attempts: int = 0  # HTTP requests sent, retries included
     retries: int = 0
-    bytes: int = 0  # payload bytes received, including those of attempts that were retried
+    bytes: int = 0  # bytes received (HDF5 images), including those of retried attempts
     out_bytes: int = 0  # bytes of the result
     seconds: float = 0.0
     peak_in_flight: int = 0
@@ -128,13 +128,14 @@ async def run_plan(
     async def fetch(req: Request) -> None:
         url = url_for(req)
         what = f"{where} {req}"
-        received = 0
+        received = 0  # progress credited to this request: payload bytes, header excluded
 
         def on_bytes(n: int) -> None:
             nonlocal received
-            received += n
             stats.bytes += n
-            tracker.done_bytes += n
+            credit = min(n, req.nbytes - received)
+            received += credit
+            tracker.done_bytes += credit
             tracker.report()
 
         def on_retry(exc: BisqueError, attempt: int, delay: float) -> None:

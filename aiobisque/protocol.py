@@ -210,9 +210,19 @@ class ArrayInfo:
         return [p for p, k in self.children if k in ("matrix", "table")]
 
 
+# numpy names flexible types by their size in bits: bytes64 is S8, str256 is U8, void32 V4
+_FLEXIBLE_RE = re.compile(r"(bytes|str|void)(\d+)")
+
+
 def _dtype(name: Any, where: str, url: str) -> np.dtype[Any]:
+    text = str(name)
+    flexible = _FLEXIBLE_RE.fullmatch(text)
+    if flexible:
+        kind, bits = flexible.groups()
+        per_char = {"bytes": 8, "str": 32, "void": 8}[kind]
+        text = f"{ {'bytes': 'S', 'str': 'U', 'void': 'V'}[kind]}{int(bits) // per_char}"
     try:
-        dt = np.dtype(str(name))
+        dt = np.dtype(text)
     except TypeError:
         raise ProtocolError(f"unknown element type {name!r} in {where}", url=url) from None
     if dt.hasobject:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -55,7 +56,11 @@ def _authorization(auth: Any) -> tuple[str | None, str | None]:
     if isinstance(auth, aiohttp.BasicAuth):
         return auth.encode(), auth.login
     if isinstance(auth, tuple) and len(auth) == 2 and all(isinstance(x, str) for x in auth):
-        return aiohttp.BasicAuth(auth[0], auth[1]).encode(), auth[0]
+        user, password = auth
+        if ":" in user:
+            raise UsageError("a user name cannot contain ':' (HTTP Basic auth)")
+        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        return f"Basic {token}", user
     raise UsageError("auth must be None, a (user, password) tuple or a MexToken")
 
 

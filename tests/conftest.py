@@ -1,0 +1,75 @@
+"""Shared fixtures: sample data on disk and the embedded BisQue server over real HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aiobisque import BisqueSession, Config, RetryPolicy
+from aiobisque.server import TableServer, run_server, samples, serve_in_thread
+
+USER = ("alice", "wonderland")
+USERS = {"alice": "wonderland", "bob": "builder"}
+ACCESS = {"private": {"alice"}}
+PUBLIC = ("public",)
+
+#: dtypes the server can hold, native and big-endian
+DTYPES = [
+    "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "float16", "float32", "float64", "complex64", "complex128", "bool",
+    ">i2", ">i8", ">u4", ">f4", ">f8", "S6",
+]
+
+#: retries fast enough for tests (the defaults back off for seconds)
+FAST_RETRY = RetryPolicy(backoff_initial=0.01, backoff_max=0.05, max_delay=20)
+
+
+def write_samples(folder: Path) -> None:
+    samples.write_seed(folder)
+    samples.write_array(folder, "vol", "volume", (40, 30, 20), dtype="float32", seed=1)
+    samples.write_array(folder, "vol", "stack/labels", (7, 11), dtype="uint16", seed=2)
+    for i, dt in enumerate(DTYPES):
+        ndim = 1 + i % 5
+        shape = (6, 5, 4, 3, 2)[:ndim]
+        samples.write_array(folder, "dtypes", f"d{i}", shape, dtype=dt, seed=i)
+    samples.write_array(folder, "odd", "grp with space/0:10/data: x", (4, 3), dtype="int32")
+    samples.write_array(folder, "private", "a", (3, 3), dtype="int32")
+    samples.write_array(folder, "public", "a", (3, 3), dtype="int32")
+    samples.write_table(folder, "tab", "rows", nrows=25)
+    samples.write_array(folder, "chunked", "c", (50, 40), dtype=">f8", chunks=(7, 9),
+                        compression="gzip")
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("bisque")
+    write_samples(folder)
+    return folder
+
+
+def expected(folder: Path, uniq: str, path: str) -> np.ndarray:
+    files = sorted(folder.glob(f"{uniq}.*"))
+    return samples.expected(files[0], path)
+
+
+@pytest.fixture
+async def server(data_dir: Path) -> AsyncIterator[TableServer]:
+    async with run_server(data_dir, users=USERS, access=ACCESS, public=PUBLIC) as srv:
+        yield srv
+
+
+@pytest.fixture
+async def bq(server: TableServer) -> AsyncIterator[BisqueSession]:
+    config = Config(retry=FAST_RETRY)
+    async with BisqueSession(server.root, auth=USER, config=config) as session:
+        yield session
+
+
+@pytest.fixture(scope="module")
+def thread_server(data_dir: Path) -> Iterator[TableServer]:
+    """The server on its own thread, for synchronous clients and per-example sessions."""
+    with serve_in_thread(data_dir, users=USERS, access=ACCESS, public=PUBLIC) as srv:
+        yield srv
