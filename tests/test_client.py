@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from aiobisque import (
     UsageError,
 )
 from aiobisque.server import TableServer, run_server, samples
-from tests.conftest import DTYPES, FAST_RETRY, USER, expected
+from tests.conftest import DTYPES, USER, expected
 
 
 async def test_seed_example(bq: BisqueSession, data_dir: Path) -> None:
@@ -50,7 +51,7 @@ async def test_info_matrix_group_table(bq: BisqueSession) -> None:
 
 
 async def test_downloading_a_group_lists_its_arrays(bq: BisqueSession) -> None:
-    with pytest.raises(NotFoundError, match="is a group.*Phases"):
+    with pytest.raises(NotFoundError, match=r"is a group.*Phases"):
         await bq.table.load_array(samples.SEED_UNIQ, "DataContainers/ImageDataContainer/CellData")
 
 
@@ -195,7 +196,7 @@ async def test_progress_and_stats(bq: BisqueSession) -> None:
     last = seen[-1]
     assert (last.done_bytes, last.total_bytes) == (arr.nbytes, arr.nbytes)
     assert (last.done_requests, last.total_requests) == (20, 20)
-    assert all(a.done_bytes <= b.done_bytes for a, b in zip(seen, seen[1:], strict=False))
+    assert all(a.done_bytes <= b.done_bytes for a, b in itertools.pairwise(seen))
 
 
 async def test_limiter_bounds_requests_across_concurrent_calls(server: TableServer) -> None:
