@@ -1,0 +1,156 @@
+"""``aiobisque serve DIR``: run the embedded table server from the command line.
+
+It prints one line, ``serving http://HOST:PORT``, then serves until SIGINT or SIGTERM and
+exits 0. Fault options take the :class:`~aiobisque.server.FaultPlan` field names; sizes
+accept ``16MB``, ``16MiB`` or plain bytes.
+
+    aiobisque serve ./data --user alice:wonderland --latency 0.1 --bandwidth 16MB
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiobisque.server.app import run_server
+from aiobisque.server.faults import TRUNCATE_FRAMINGS, FaultPlan, parse_size
+
+__all__ = ["add_arguments", "main", "plan_from_args", "run"]
+
+
+def _pair(text: str) -> tuple[str, str]:
+    left, sep, right = text.partition(":")
+    if not sep or not left or not right:
+        raise argparse.ArgumentTypeError(f"expected A:B, got {text!r}")
+    return left, right
+
+
+def _size(text: str) -> float:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``serve`` command's arguments to ``parser``."""
+    parser.add_argument("folder", type=Path, metavar="DIR", help="folder of HDF5 files")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    parser.add_argument("--port", type=int, default=0, help="port (0: any free port)")
+    parser.add_argument(
+        "--user",
+        dest="users",
+        action="append",
+        type=_pair,
+        default=[],
+        metavar="NAME:PASSWORD",
+        help="a Basic-auth user (repeatable; default alice:wonderland)",
+    )
+    parser.add_argument(
+        "--mex-token",
+        dest="mex_tokens",
+        action="append",
+        type=_pair,
+        default=[],
+        metavar="TOKEN:USER",
+        help="a Mex token and its user (repeatable)",
+    )
+    parser.add_argument(
+        "--public", action="append", default=[], metavar="UNIQ", help="a uniq readable anonymously"
+    )
+    parser.add_argument("--table-service", default="table", help="table service name")
+    parser.add_argument("--service-prefix", default="", help="path prefix for every service")
+    parser.add_argument("--hdf-layout", choices=("contiguous", "chunked"), default="contiguous")
+    parser.add_argument("--keepalive-timeout", type=float, default=75.0, metavar="SECONDS")
+    faults = parser.add_argument_group("faults (per data request)")
+    faults.add_argument("--seed", type=int, default=0)
+    faults.add_argument("--latency", type=float, default=0.0, metavar="SECONDS")
+    faults.add_argument("--bandwidth", type=_size, default=None, metavar="BYTES/S")
+    faults.add_argument("--total-bandwidth", type=_size, default=None, metavar="BYTES/S")
+    faults.add_argument("--error-rate", type=float, default=0.0)
+    faults.add_argument(
+        "--error-status", dest="error_statuses", type=int, action="append", default=[]
+    )
+    faults.add_argument("--fail-first", type=int, default=0, metavar="N")
+    faults.add_argument("--throttle-rate", type=float, default=0.0)
+    faults.add_argument("--retry-after", default="1")
+    faults.add_argument("--reset-rate", type=float, default=0.0)
+    faults.add_argument("--truncate-rate", type=float, default=0.0)
+    faults.add_argument(
+        "--truncate-framing", choices=(*TRUNCATE_FRAMINGS, "mixed"), default="length"
+    )
+    faults.add_argument("--stall-rate", type=float, default=0.0)
+    faults.add_argument("--stall-seconds", type=float, default=30.0)
+
+
+def plan_from_args(args: argparse.Namespace) -> FaultPlan:
+    """The :class:`FaultPlan` the parsed options describe (raises ``ValueError``)."""
+    return FaultPlan(
+        seed=args.seed,
+        latency=args.latency,
+        bandwidth=args.bandwidth,
+        total_bandwidth=args.total_bandwidth,
+        error_rate=args.error_rate,
+        error_statuses=tuple(args.error_statuses) or (503,),
+        fail_first=args.fail_first,
+        throttle_rate=args.throttle_rate,
+        retry_after=args.retry_after,
+        reset_rate=args.reset_rate,
+        truncate_rate=args.truncate_rate,
+        truncate_framing=args.truncate_framing,
+        stall_rate=args.stall_rate,
+        stall_seconds=args.stall_seconds,
+    )
+
+
+async def _serve(args: argparse.Namespace, plan: FaultPlan) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows
+            loop.add_signal_handler(signum, stop.set)
+    async with run_server(
+        args.folder,
+        users=dict(args.users) if args.users else None,
+        mex_tokens={token: user for token, user in args.mex_tokens} or None,
+        public=args.public,
+        faults=plan,
+        host=args.host,
+        port=args.port,
+        table_service=args.table_service,
+        service_prefix=args.service_prefix,
+        hdf_layout=args.hdf_layout,
+        keepalive_timeout=args.keepalive_timeout,
+    ) as server:
+        print(f"serving {server.root}", flush=True)
+        await stop.wait()
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the server until interrupted; 0 on a clean stop, 2 on bad options."""
+    try:
+        plan = plan_from_args(args)
+    except ValueError as exc:
+        print(f"aiobisque serve: {exc}", file=sys.stderr)
+        return 2
+    if not args.folder.is_dir():
+        print(f"aiobisque serve: not a folder: {args.folder}", file=sys.stderr)
+        return 2
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args, plan))
+    return 0
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run (what ``python -m aiobisque.server`` does)."""
+    parser = argparse.ArgumentParser(
+        prog="aiobisque serve",
+        description="Serve a folder of HDF5 files as a BisQue table service.",
+    )
+    add_arguments(parser)
+    return main(parser.parse_args(argv))

@@ -1,0 +1,90 @@
+"""The ``serve`` command: options, the one ``serving`` line, clean exit on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from aiobisque.server import FaultPlan, samples
+from aiobisque.server.command import add_arguments, plan_from_args
+from aiobisque.server.pytest_plugin import basic_auth
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_fault_options_build_a_plan(tmp_path: Path) -> None:
+    args = parse(
+        str(tmp_path),
+        "--latency", "0.1", "--bandwidth", "16MB", "--total-bandwidth", "160MiB",
+        "--error-rate", "0.1", "--error-status", "500", "--error-status", "503",
+        "--fail-first", "2", "--throttle-rate", "0.05", "--retry-after", "2",
+        "--reset-rate", "0.05", "--truncate-rate", "0.2", "--truncate-framing", "mixed",
+        "--stall-rate", "0.01", "--stall-seconds", "5", "--seed", "9",
+    )  # fmt: skip
+    assert plan_from_args(args) == FaultPlan(
+        seed=9,
+        latency=0.1,
+        bandwidth=16e6,
+        total_bandwidth=160 * 2**20,
+        error_rate=0.1,
+        error_statuses=(500, 503),
+        fail_first=2,
+        throttle_rate=0.05,
+        retry_after="2",
+        reset_rate=0.05,
+        truncate_rate=0.2,
+        truncate_framing="mixed",
+        stall_rate=0.01,
+        stall_seconds=5,
+    )
+    assert plan_from_args(parse(str(tmp_path))) == FaultPlan()
+
+
+def test_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse(str(tmp_path), "--user", "nopassword")
+    with pytest.raises(SystemExit):
+        parse(str(tmp_path), "--bandwidth", "fast")
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_serve_prints_one_line_and_stops_cleanly(tmp_path: Path, signum: int) -> None:
+    samples.write_seed(tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), *sys.path])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aiobisque.server", str(tmp_path), "--port", "0",
+         "--user", "bob:secret", "--public", samples.SEED_UNIQ],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith("serving http://127.0.0.1:") and not line.endswith(":0\n")
+        root = line.split()[1]
+        headers = basic_auth("bob", "secret")
+        request = urllib.request.Request(root + "/auth_service/session", headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert b'value="bob"' in response.read()
+        url = f"{root}/table/{samples.SEED_UNIQ}/{samples.SEED_PATH}/0/format:hdf"
+        with urllib.request.urlopen(url, timeout=10) as response:  # public: no login
+            assert response.status == 200 and response.read(4) == b"\x89HDF"
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=15)
+        assert process.returncode == 0, err
+        assert out == ""  # exactly one line in all
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
