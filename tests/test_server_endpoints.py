@@ -336,6 +336,11 @@ async def test_stats_count_requests_by_kind(server: TableServer, http: Any) -> N
     ]
     assert stats.data_log[0].path == "/" + samples.SEED_PATH
     assert stats.in_flight == 0 and stats.peak_in_flight == 1
+    assert stats.retries == 0
+    await get(http, server.table_url + f"{SEED}/0/format:hdf", ALICE)
+    assert stats.retries == 1  # the same request again
+    stats.reset()
+    assert stats.retries == 0 and not stats.data_log and not stats.requests
 
 
 def test_basic_auth_helper() -> None:

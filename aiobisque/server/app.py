@@ -319,7 +319,7 @@ class TableServer:
         plan = self._faults
         decision = plan.decide(n)
         stats = self.stats
-        stats.enter()
+        stats.enter((uniq, *query.components))
         started = time.monotonic()
         status, fault = 500, None
         try:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 __all__ = ["DataRecord", "ServerStats"]
 
 _LOG_LIMIT = 100_000
+_SEEN_LIMIT = 1_000_000
 
 
 @dataclass
@@ -36,6 +37,8 @@ class ServerStats:
     - ``statuses``: by status code sent;
     - ``in_flight`` / ``peak_in_flight``: data requests being served now / at most;
     - ``bytes_sent``: data body bytes written;
+    - ``retries``: data requests repeating an earlier one (same resource, path, range and
+      format), i.e. the retries clients made;
     - ``faults``: by injected fault kind (``error``, ``throttle``, ``reset``, ``truncate``,
       ``stall``, ``latency``);
     - ``data_log``: a list of :class:`DataRecord`, the last 100,000 or a few more.
@@ -46,8 +49,10 @@ class ServerStats:
     in_flight: int = 0
     peak_in_flight: int = 0
     bytes_sent: int = 0
+    retries: int = 0
     faults: collections.Counter[str] = field(default_factory=collections.Counter)
     data_log: list[DataRecord] = field(default_factory=list, repr=False)
+    _seen: set[tuple[str, ...]] = field(default_factory=set, repr=False, compare=False)
 
     def reset(self) -> None:
         """Zero every counter and clear the log (``in_flight`` keeps counting live requests)."""
@@ -55,11 +60,17 @@ class ServerStats:
         self.statuses.clear()
         self.peak_in_flight = self.in_flight
         self.bytes_sent = 0
+        self.retries = 0
+        self._seen.clear()
         self.faults.clear()
         self.data_log.clear()
 
-    def enter(self) -> None:
-        """A data request starts."""
+    def enter(self, key: tuple[str, ...]) -> None:
+        """A data request for ``key`` (uniq and path components) starts."""
+        if key in self._seen:
+            self.retries += 1
+        elif len(self._seen) < _SEEN_LIMIT:  # bounded: past it, new keys are not remembered
+            self._seen.add(key)
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
 
