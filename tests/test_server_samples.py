@@ -42,17 +42,10 @@ def test_seed(tmp_path: Path) -> None:
     "dtype", ["<f4", ">f8", "<i2", ">u4", "?", "<c8", [("a", "<i4"), ("b", "S3")]]
 )
 def test_write_array_is_deterministic(tmp_path: Path, dtype: object) -> None:
-    one = (
-        samples.write_array(tmp_path / "one", "u", "g/x", (9, 4, 3), dtype=dtype, seed=4)
-        if (tmp_path / "one").mkdir() is None
-        else None
-    )
-    two = (
-        samples.write_array(tmp_path / "two", "u", "g/x", (9, 4, 3), dtype=dtype, seed=4)
-        if (tmp_path / "two").mkdir() is None
-        else None
-    )
-    assert one is not None and two is not None
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+    one = samples.write_array(tmp_path / "one", "u", "g/x", (9, 4, 3), dtype=dtype, seed=4)
+    two = samples.write_array(tmp_path / "two", "u", "g/x", (9, 4, 3), dtype=dtype, seed=4)
     a, b = samples.expected(one, "g/x"), samples.expected(two, "g/x")
     assert a.dtype == np.dtype(dtype) and a.shape == (9, 4, 3)
     assert a.tobytes() == b.tobytes()
