@@ -63,6 +63,7 @@ class DownloadStats:
     out_bytes: int = 0  # bytes of the result
     seconds: float = 0.0
     peak_in_flight: int = 0
+    complete: bool = False  # every request landed in the output
     errors: list[str] = field(default_factory=list)  # one line per retried error
 
     @property
@@ -118,6 +119,7 @@ async def run_plan(
     """Fill ``out_core`` (shaped like the selection's core) with every request of ``plan``."""
     stats = stats if stats is not None else DownloadStats()
     stats.requests = len(plan)
+    stats.complete = False
     stats.out_bytes = plan.out_nbytes
     tracker = _Tracker(plan, stats, progress)
     budget = RetryBudget(config.retry.download_budget(len(plan)))
@@ -204,6 +206,7 @@ async def run_plan(
     finally:
         stats.seconds = time.perf_counter() - started
         stats.peak_in_flight = max(stats.peak_in_flight, transport.limiter.peak)
+    stats.complete = True
     tracker.report(force=True)
     return stats
 

@@ -5,11 +5,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import hypothesis  # noqa: F401 - see below
 import numpy as np
 import pytest
 
 from aiobisque import BisqueSession, Config, RetryPolicy
 from aiobisque.server import TableServer, run_server, samples, serve_in_thread
+
+# hypothesis is imported here, at collection, on purpose: imported lazily later (its pytest
+# plugin does so at the terminal summary) CPython 3.11.7 can fail with "SystemError: AST
+# constructor recursion depth mismatch" while pytest rewrites it (CPython gh-106905).
 
 USER = ("alice", "wonderland")
 USERS = {"alice": "wonderland", "bob": "builder"}

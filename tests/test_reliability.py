@@ -1,0 +1,258 @@
+"""Surviving hostile networks: every fault of the server's plan, bounded in count and time.
+
+Each test downloads through injected faults and demands the exact array, or one clear error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aiobisque import (
+    BisqueSession,
+    Config,
+    DownloadError,
+    DownloadStats,
+    RetryPolicy,
+    TransportError,
+)
+from aiobisque.fetch import Limiter
+from aiobisque.server import FaultPlan, TableServer, run_server
+from tests.conftest import FAST_RETRY, USER, USERS, expected
+
+# 96,000 bytes in 40 requests of 2,400 bytes
+SMALL = {"request_bytes": 2400}
+
+
+async def download(bq: BisqueSession, **options: object) -> np.ndarray:
+    return await bq.table.load_array("vol", "volume", **{**SMALL, **options})
+
+
+@pytest.fixture
+def want(data_dir: Path) -> np.ndarray:
+    return expected(data_dir, "vol", "volume")
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "close"])
+async def test_truncated_bodies_in_every_framing(server: TableServer, bq: BisqueSession,
+                                                 want: np.ndarray, framing: str) -> None:
+    server.faults = FaultPlan(seed=3, truncate_rate=0.2, truncate_framing=framing)
+    stats = DownloadStats()
+    got = await download(bq, stats=stats)
+    assert got.tobytes() == want.tobytes()
+    assert server.stats.faults["truncate"] > 0
+    assert stats.retries >= server.stats.faults["truncate"]
+
+
+async def test_resets_mid_body(server: TableServer, bq: BisqueSession, want: np.ndarray) -> None:
+    server.faults = FaultPlan(seed=4, reset_rate=0.25)
+    got = await download(bq)
+    assert got.tobytes() == want.tobytes()
+    assert server.stats.faults["reset"] > 0
+
+
+async def test_mixed_faults_bit_exact(server: TableServer, bq: BisqueSession,
+                                      want: np.ndarray) -> None:
+    server.faults = FaultPlan(seed=5, error_rate=0.1, error_statuses=(500, 502, 503, 504),
+                              throttle_rate=0.05, retry_after="0", reset_rate=0.05,
+                              truncate_rate=0.1, truncate_framing="mixed")
+    stats = DownloadStats()
+    got = await download(bq, stats=stats, request_bytes=1200)
+    assert got.tobytes() == want.tobytes()
+    assert stats.retries > 0 and stats.complete
+
+
+async def test_burst_of_503_then_recovery(server: TableServer, bq: BisqueSession,
+                                          want: np.ndarray) -> None:
+    server.faults = FaultPlan(fail_first=20, error_statuses=(503,))
+    got = await download(bq)
+    assert got.tobytes() == want.tobytes()
+    assert server.stats.statuses[503] == 20
+
+
+async def test_keepalive_timeout_closing_pooled_connections(data_dir: Path,
+                                                            want: np.ndarray) -> None:
+    async with run_server(data_dir, users=USERS, keepalive_timeout=0.05) as srv:
+        async with BisqueSession(srv.root, auth=USER, retry=FAST_RETRY) as bq:
+            for _ in range(3):
+                got = await download(bq, concurrency=4)
+                assert got.tobytes() == want.tobytes()
+                await asyncio.sleep(0.15)  # the server closes idle pooled connections
+
+
+async def test_refused_connection_is_one_clear_error(unused_tcp_port: int) -> None:
+    policy = RetryPolicy(max_attempts=3, backoff_initial=0.01, backoff_max=0.02)
+    started = time.monotonic()
+    with pytest.raises(TransportError, match="cannot connect"):
+        async with BisqueSession(f"http://127.0.0.1:{unused_tcp_port}", retry=policy):
+            pass
+    assert time.monotonic() - started < 5
+
+
+async def test_retry_after_is_honoured(server: TableServer, bq: BisqueSession,
+                                       want: np.ndarray) -> None:
+    server.faults = FaultPlan(fail_first=1, error_statuses=(429,), retry_after="2")
+    # fail_first answers the status without Retry-After; throttle adds it
+    server.faults = FaultPlan(seed=0, throttle_rate=1.0, retry_after="2")
+    task = asyncio.create_task(download(bq, request_bytes=96000))
+    await asyncio.sleep(0.5)
+    server.faults = FaultPlan()  # recover after the first 429
+    got = await task
+    assert got.tobytes() == want.tobytes()
+    log = [r for r in server.stats.data_log]
+    first_429 = next(r for r in log if r.status == 429)
+    retry = next(r for r in log if r.status == 200)
+    assert retry.start - first_429.end >= 1.9
+
+
+async def test_absurd_retry_after_fails_fast(server: TableServer, bq: BisqueSession) -> None:
+    server.faults = FaultPlan(throttle_rate=1.0, retry_after="100000")
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="asked to wait 100000 s"):
+        await download(bq)
+    assert time.monotonic() - started < 5
+
+
+async def test_stalled_response_is_abandoned_and_retried(server: TableServer,
+                                                         bq: BisqueSession,
+                                                         want: np.ndarray) -> None:
+    server.faults = FaultPlan(seed=2, stall_rate=0.2, stall_seconds=30)
+    started = time.monotonic()
+    got = await download(bq, read_timeout=0.3)
+    assert got.tobytes() == want.tobytes()
+    assert server.stats.faults["stall"] > 0
+    assert time.monotonic() - started < 15
+
+
+async def test_slow_but_steady_response_is_not_aborted(server: TableServer, bq: BisqueSession,
+                                                       want: np.ndarray) -> None:
+    # 96 kB at 64 kB/s takes 1.5 s, far beyond the read timeout, but bytes keep coming
+    server.faults = FaultPlan(bandwidth=64_000)
+    stats = DownloadStats()
+    got = await download(bq, request_bytes=96000, read_timeout=0.4, stats=stats)
+    assert got.tobytes() == want.tobytes()
+    assert stats.retries == 0 and stats.seconds > 1.0
+
+
+async def test_hard_outage_one_error_within_deadline_then_silence(server: TableServer,
+                                                                  bq: BisqueSession) -> None:
+    server.faults = FaultPlan(error_rate=1.0, error_statuses=(503,))
+    policy = RetryPolicy(max_attempts=100, max_delay=1.5, backoff_initial=0.05, backoff_max=0.2,
+                         budget_min=1000)
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="503") as info:
+        await download(bq, retry=policy)
+    assert time.monotonic() - started < 3.5
+    assert info.value.request is not None and info.value.attempts >= 2
+    sent = server.stats.requests["data"]
+    await asyncio.sleep(0.5)
+    assert server.stats.requests["data"] == sent  # nothing after the failure
+
+
+async def test_retry_budget_stops_hammering(server: TableServer, bq: BisqueSession) -> None:
+    server.faults = FaultPlan(error_rate=1.0, error_statuses=(500,))
+    policy = RetryPolicy(max_attempts=50, backoff_initial=0.001, backoff_max=0.002,
+                         budget=0.1, budget_min=5)
+    with pytest.raises(DownloadError, match="retry budget"):
+        await download(bq, retry=policy, concurrency=4)
+    # 40 requests planned: at most the budget plus the first attempts in flight
+    assert server.stats.requests["data"] <= 5 + 4 + 4
+
+
+def client_tasks() -> list[asyncio.Task[object]]:
+    """Pending tasks of the client (the in-process server's handlers are not counted)."""
+    mine = []
+    for t in asyncio.all_tasks():
+        if t is asyncio.current_task():
+            continue
+        frames = t.get_stack(limit=1)
+        where = frames[0].f_code.co_filename if frames else ""
+        if "aiohttp/web" not in where and "aiobisque/server" not in where:
+            mine.append(t)
+    return mine
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_cancellation_at_random_points_leaves_nothing(server: TableServer,
+                                                            bq: BisqueSession,
+                                                            seed: int) -> None:
+    # 96 kB through a 150 kB/s link: about 0.65 s, cut somewhere inside
+    server.faults = FaultPlan(latency=0.01, total_bandwidth=150_000)
+    delay = random.Random(seed).uniform(0.0, 0.4)
+    out = np.zeros((40, 30, 20), np.float32)
+    stats = DownloadStats()
+    with pytest.raises(TimeoutError) as info:
+        async with asyncio.timeout(delay):
+            await download(bq, out=out, stats=stats, concurrency=8)
+    assert not stats.complete
+    chain = [info.value, info.value.__context__, info.value.__cause__]
+    assert any("incomplete" in " ".join(getattr(e, "__notes__", [])) for e in chain if e)
+    assert client_tasks() == []
+    for _ in range(50):  # the server sees every connection go
+        if server.stats.in_flight == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert server.stats.in_flight == 0
+    assert bq.transport.limiter.in_flight == 0
+    gc.collect()
+
+
+async def test_task_cancel_mid_download(server: TableServer, bq: BisqueSession) -> None:
+    server.faults = FaultPlan(latency=0.05)
+    task = asyncio.create_task(download(bq, concurrency=4))
+    await asyncio.sleep(0.12)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    sent = server.stats.requests["data"]
+    await asyncio.sleep(0.2)
+    assert server.stats.requests["data"] == sent
+    assert bq.transport.limiter.in_flight == 0 and bq.transport.bytes.used == 0
+
+
+async def test_adaptive_concurrency_backs_off_and_recovers(server: TableServer,
+                                                           bq: BisqueSession,
+                                                           want: np.ndarray) -> None:
+    limiter = bq.transport.limiter
+    assert limiter.limit == bq.config.concurrency
+    server.faults = FaultPlan(fail_first=30, error_statuses=(503,))
+    await download(bq, retry=RetryPolicy(backoff_initial=0.01, backoff_max=0.05, budget_min=100))
+    low = limiter.window
+    assert low < bq.config.concurrency
+    server.faults = FaultPlan()
+    for _ in range(8):
+        got = await download(bq, request_bytes=1200)
+    assert got.tobytes() == want.tobytes()
+    assert limiter.window > low
+
+
+def test_limiter_aimd_unit() -> None:
+    lim = Limiter(16, 2, adaptive=True)
+    lim.in_flight = 1
+    lim.release("congested")
+    assert lim.limit == 8
+    lim.in_flight = 1
+    lim.release("congested")  # same burst: no second cut
+    assert lim.limit == 8
+    for _ in range(200):
+        lim.in_flight = 1
+        lim.release("ok")
+    assert lim.limit == 16
+    fixed = Limiter(4, 1, adaptive=False)
+    fixed.in_flight = 1
+    fixed.release("congested")
+    assert fixed.limit == 4
+
+
+async def test_concurrency_limit_holds_under_faults(server: TableServer) -> None:
+    server.faults = FaultPlan(seed=9, latency=0.01, error_rate=0.2)
+    cfg = Config(concurrency=3, retry=FAST_RETRY)
+    async with BisqueSession(server.root, auth=USER, config=cfg) as bq:
+        await asyncio.gather(download(bq), download(bq))
+    assert server.stats.peak_in_flight <= 3
