@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import hypothesis  # noqa: F401 - see below
 import numpy as np
 import pytest
 
-from aiobisque import BisqueSession, Config, RetryPolicy
+from aiobisque import BisqueError, BisqueSession, Config, RetryPolicy
 from aiobisque.server import TableServer, run_server, samples, serve_in_thread
 
 # hypothesis is imported here, at collection, on purpose: imported lazily later (its pytest
@@ -46,6 +48,47 @@ def write_samples(folder: Path) -> None:
     samples.write_table(folder, "tab", "rows", nrows=25)
     samples.write_array(folder, "chunked", "c", (50, 40), dtype=">f8", chunks=(7, 9),
                         compression="gzip")
+
+
+#: every credential the suite uses, with their Basic-auth encodings
+SUITE_SECRETS = ["wonderland", "builder", "TOKEN123", "s3cr3t-Pa55", "WRONG-pw-123"] + [
+    base64.b64encode(f"{u}:{p}".encode()).decode() for u, p in USERS.items()
+]
+
+
+class _Recorder(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture(autouse=True)
+def no_secret_leaks(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Scan everything each test logs (all loggers, DEBUG included) and every aiobisque
+    error it creates: no password, token or its base64 form may appear."""
+    recorder = _Recorder()
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(recorder)
+    root.setLevel(logging.DEBUG)
+    raised: list[str] = []
+    original = BisqueError.__init__
+
+    def recording_init(self: BisqueError, message: str, **kwargs: object) -> None:
+        original(self, message, **kwargs)  # type: ignore[arg-type]
+        raised.append(f"{self!s} {self!r} {self.url}")
+
+    monkeypatch.setattr(BisqueError, "__init__", recording_init)
+    try:
+        yield
+    finally:
+        root.removeHandler(recorder)
+        root.setLevel(old_level)
+    leaks = [t for t in recorder.lines + raised for s in SUITE_SECRETS if s in t]
+    assert not leaks, f"credentials leaked into logs or errors: {leaks[:3]}"
 
 
 @pytest.fixture(scope="session")

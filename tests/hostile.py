@@ -1,0 +1,96 @@
+"""A deliberately hostile BisQue look-alike: tests script exactly what each request gets."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import h5py
+import numpy as np
+from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def hdf_image(data: np.ndarray | None = None, build: Callable[[h5py.File], None] | None = None
+              ) -> bytes:
+    """An HDF5 file image holding ``/array`` = data (or whatever ``build`` writes)."""
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        if data is not None:
+            f.create_dataset("array", data=data)
+        if build is not None:
+            build(f)
+    return buf.getvalue()
+
+
+def info_json(shape: tuple[int, ...], dtype: str = "float32") -> dict[str, Any]:
+    cols = shape[1] if len(shape) > 1 else 1
+    return {"headers": [str(i) for i in range(cols)], "types": [dtype] * cols,
+            "sizes": list(shape), "group": [{"path": "/array", "type": "matrix"}]}
+
+
+@dataclass
+class Hostile:
+    """What the server answers; tests replace ``info`` and ``data`` freely."""
+
+    info: Any = field(default_factory=lambda: info_json((4, 3)))
+    data: Handler | None = None
+    root: str = ""
+    seen: list[dict[str, str]] = field(default_factory=list)  # headers of every request
+    paths: list[str] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append(dict(request.headers))
+        self.paths.append(request.path)
+        path = request.path
+        if path == "/services":
+            body = "".join(
+                f'<tag name="service" type="{n}" value="{self.root}/{n}/"/>'
+                for n in ("table", "auth_service", "data_service"))
+            return web.Response(text=f"<resource>{body}</resource>", content_type="text/xml")
+        if path == "/auth_service/session":
+            user = '<tag name="user" value="alice"/>' if "Authorization" in request.headers \
+                else ""
+            return web.Response(text=f"<session>{user}</session>", content_type="text/xml")
+        if path.endswith("/info/format:json"):
+            text = self.info if isinstance(self.info, str) else json.dumps(self.info)
+            return web.Response(text=text, content_type="application/json")
+        if path.endswith("/format:hdf") and self.data is not None:
+            return await self.data(request)
+        return web.Response(status=404, text="not here")
+
+
+@contextlib.asynccontextmanager
+async def serve(handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                host: str = "127.0.0.1") -> AsyncIterator[str]:
+    """Serve ``handler`` for every path on a free loopback port; yields the root URL."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, 0)
+        await site.start()
+        yield f"http://{host}:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def hostile() -> AsyncIterator[Hostile]:
+    h = Hostile()
+    async with serve(h.handle) as root:
+        h.root = root
+        yield h
+
+
+def body(payload: bytes, **headers: str) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=payload, headers=headers,
+                            content_type="application/x-hdf5")
+    return handler

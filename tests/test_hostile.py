@@ -1,0 +1,181 @@
+"""Hostile or broken servers: every bad body is refused before it can do harm."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import os
+import sys
+import threading
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+from aiohttp import web
+
+from aiobisque import (
+    BisqueSession,
+    DownloadError,
+    NotFoundError,
+    ProtocolError,
+    ResponseTooLargeError,
+)
+from tests.conftest import FAST_RETRY, USER
+from tests.hostile import Hostile, body, hdf_image, hostile, info_json
+
+GOOD = np.arange(12, dtype=np.float32).reshape(4, 3)
+
+
+async def load(h: Hostile, **options: Any) -> np.ndarray:
+    async with BisqueSession(h.root, auth=USER, retry=FAST_RETRY) as bq:
+        return await bq.table.load_array("00-x", "array", **options)
+
+
+async def test_well_formed_body_is_accepted() -> None:
+    async with hostile() as h:
+        h.data = body(hdf_image(GOOD))
+        np.testing.assert_array_equal(await load(h), GOOD)
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (hdf_image(np.zeros((4, 4), np.float32)), "sent shape"),
+        (hdf_image(np.zeros((4, 3), np.int32)), "sent type"),
+        (hdf_image(GOOD, lambda f: f.create_dataset("extra", data=[1])), "exactly one dataset"),
+        (hdf_image(build=lambda f: f.create_group("array")), "not a dataset"),
+        (b"<html><body>Please log in</body></html>", "not an HDF5 image"),
+        (b"PK\x03\x04 a zip file, not hdf5", "not an HDF5 image"),
+    ],
+)
+async def test_bad_bodies_raise_protocol_error(payload: bytes, message: str) -> None:
+    async with hostile() as h:
+        h.data = body(payload)
+        with pytest.raises(ProtocolError, match=message):
+            await load(h)
+        assert len([p for p in h.paths if p.endswith("format:hdf")]) == 1  # not retried
+
+
+async def test_html_login_page_instead_of_info() -> None:
+    async with hostile() as h:
+        h.info = "<html><form>login</form></html>"
+        with pytest.raises(ProtocolError, match="not JSON"):
+            await load(h)
+
+
+async def test_info_without_sizes_is_not_an_array() -> None:
+    async with hostile() as h:
+        h.info = {"group": [{"path": "/array/x", "type": "matrix"}]}
+        with pytest.raises(NotFoundError, match="group"):
+            await load(h)
+
+
+async def test_absurd_sizes_are_refused_before_allocating() -> None:
+    async with hostile() as h:
+        h.info = info_json((10**12, 10), "float64")
+        tracemalloc.start()
+        try:
+            with pytest.raises(ResponseTooLargeError, match="max_bytes"):
+                await load(h)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 20 * 2**20
+        # a user who really means it can raise the limit (and then the sizes must be sane)
+        h.info = info_json((4, 3))
+        h.data = body(hdf_image(GOOD))
+        np.testing.assert_array_equal(await load(h, max_bytes=48), GOOD)
+        with pytest.raises(Exception, match="max_bytes"):
+            await load(h, max_bytes=47)
+
+
+async def test_gzip_bomb_is_cut_off_with_bounded_memory() -> None:
+    bomb = gzip.compress(b"\0" * (256 * 2**20), compresslevel=9)  # 256 MiB -> ~250 kB
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=bomb, headers={"Content-Encoding": "gzip"},
+                            content_type="application/x-hdf5")
+
+    async with hostile() as h:
+        h.data = handler
+        tracemalloc.start()
+        try:
+            with pytest.raises(ResponseTooLargeError, match="grew beyond"):
+                await load(h)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < 32 * 2**20
+
+
+async def test_compressed_chunked_image_is_decoded() -> None:
+    payload = hdf_image(build=lambda f: f.create_dataset(
+        "array", data=GOOD.astype(">f4"), chunks=(2, 2), compression="gzip"))
+    async with hostile() as h:
+        h.data = body(payload)
+        np.testing.assert_array_equal(await load(h), GOOD)
+
+
+def _external_images(tmp: Path) -> dict[str, bytes]:
+    target = tmp / "target.h5"
+    with h5py.File(target, "w") as f:
+        f["x"] = GOOD
+    raw = tmp / "raw.bin"
+    raw.write_bytes(GOOD.tobytes())
+    fifo = tmp / "fifo"
+    os.mkfifo(fifo)  # opening this for reading would block: a second tripwire
+
+    def external_storage(f: h5py.File) -> None:
+        f.create_dataset("array", shape=(4, 3), dtype="<f4", external=[(str(fifo), 0, 48)])
+
+    def external_link(f: h5py.File) -> None:
+        f["array"] = h5py.ExternalLink(str(target), "/x")
+
+    def virtual(f: h5py.File) -> None:
+        layout = h5py.VirtualLayout(shape=(4, 3), dtype="<f4")
+        layout[:] = h5py.VirtualSource(str(target), "x", shape=(4, 3))
+        f.create_virtual_dataset("array", layout)
+
+    return {name: hdf_image(build=fn) for name, fn in
+            [("external storage", external_storage), ("external link", external_link),
+             ("virtual", virtual)]}
+
+
+@pytest.mark.parametrize("kind", ["external storage", "external link", "virtual"])
+async def test_images_that_would_open_local_files_are_refused(tmp_path: Path, kind: str) -> None:
+    payload = _external_images(tmp_path)[kind]
+    opened: list[str] = []
+    armed = threading.Event()
+
+    def audit(event: str, args: tuple[Any, ...]) -> None:
+        if armed.is_set() and event == "open" and str(tmp_path) in str(args[0]):
+            opened.append(str(args[0]))
+
+    sys.addaudithook(audit)  # cannot be removed: it only records while armed
+    async with hostile() as h:
+        h.data = body(payload)
+        armed.set()
+        try:
+            with pytest.raises(ProtocolError, match=r"refused|ExternalLink"):
+                await load(h)
+        finally:
+            armed.clear()
+    assert opened == []
+
+
+@pytest.mark.parametrize("header", ["Content-MD5", "x-content-md5"])
+async def test_checksums_are_verified(header: str) -> None:
+    payload = hdf_image(GOOD)
+    digest = hashlib.md5(payload).digest()
+    right = base64.b64encode(digest).decode() if header == "Content-MD5" else digest.hex()
+    async with hostile() as h:
+        h.data = body(payload, **{header: right})
+        np.testing.assert_array_equal(await load(h), GOOD)
+        h.data = body(payload, **{header: base64.b64encode(b"x" * 16).decode()
+                                  if header == "Content-MD5" else "0" * 32})
+        with pytest.raises(DownloadError, match="MD5"):
+            await load(h)

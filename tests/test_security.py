@@ -1,0 +1,148 @@
+"""Credentials and URLs: secrets never leak, never travel to another origin."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aiobisque import (
+    AuthenticationError,
+    BisqueError,
+    BisqueSession,
+    Config,
+    DownloadError,
+    InsecureTransportError,
+    MexToken,
+    UsageError,
+)
+from aiobisque.fetch import origin
+from aiobisque.protocol import table_url
+from aiobisque.server import FaultPlan, TableServer
+from tests.conftest import FAST_RETRY
+from tests.hostile import Hostile, body, hdf_image, hostile, serve
+
+SECRET = "s3cr3t-Pa55"
+GOOD = np.arange(12, dtype=np.float32).reshape(4, 3)
+
+
+def secrets(user: str = "alice", password: str = SECRET) -> list[str]:
+    basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return [password, basic, basic[:12]]
+
+
+def redirecting(target: str) -> object:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(target + request.path)
+    return handler
+
+
+@pytest.mark.parametrize("variant", ["other port", "other host"])
+async def test_redirect_to_another_origin_drops_credentials(variant: str) -> None:
+    recorded = Hostile()
+    recorded.data = body(hdf_image(GOOD))
+    host = "127.0.0.2" if variant == "other host" else "127.0.0.1"
+    async with serve(recorded.handle, host=host) as elsewhere, hostile() as h:
+        h.data = redirecting(elsewhere)  # type: ignore[assignment]
+        async with BisqueSession(h.root, auth=("alice", SECRET)) as bq:
+            got = await bq.table.load_array("00-x", "array")
+    np.testing.assert_array_equal(got, GOOD)
+    assert recorded.seen and all("Authorization" not in hs for hs in recorded.seen)
+    assert any("Authorization" in hs for hs in h.seen)  # the BisQue origin did get them
+
+
+async def test_same_origin_redirect_keeps_credentials() -> None:
+    async with hostile() as h:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            if "moved" not in request.path:
+                raise web.HTTPTemporaryRedirect(request.path.replace("/table/", "/table/moved/"))
+            return web.Response(body=hdf_image(GOOD))
+        h.data = handler
+        async with BisqueSession(h.root, auth=("alice", SECRET)) as bq:
+            np.testing.assert_array_equal(await bq.table.load_array("00-x", "array"), GOOD)
+        moved = [hs for hs, p in zip(h.seen, h.paths, strict=True) if "/moved/" in p]
+        assert moved and all("Authorization" in hs for hs in moved)
+
+
+def test_origin_distinguishes_scheme_host_port() -> None:
+    a = origin("https://h.org/x")
+    assert a == origin("https://H.org:443/y")
+    assert a != origin("http://h.org/x")
+    assert a != origin("https://h.org:8443/x")
+    assert a != origin("https://g.org/x")
+
+
+def test_plain_http_to_remote_host_needs_opt_in() -> None:
+    with pytest.raises(InsecureTransportError, match="unencrypted"):
+        BisqueSession("http://bisque.example.org", auth=("alice", SECRET))
+    with pytest.raises(InsecureTransportError):
+        BisqueSession("http://10.1.2.3:8080", auth=MexToken("tok"))
+    BisqueSession("http://bisque.example.org", auth=("alice", SECRET), allow_insecure=True)
+    BisqueSession("http://bisque.example.org")  # anonymous: nothing to protect
+    BisqueSession("http://localhost:8080", auth=("alice", SECRET))
+
+
+async def test_no_secret_in_errors_reprs_or_logs(server: TableServer,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    texts: list[str] = []
+
+    def keep(err: BaseException) -> None:
+        while err is not None:
+            texts.extend([str(err), repr(err), *getattr(err, "__notes__", [])])
+            err = err.__cause__ or err.__context__  # type: ignore[assignment]
+
+    # wrong password, wrong Mex token
+    for auth in (("alice", SECRET), MexToken(SECRET, user="alice")):
+        try:
+            async with BisqueSession(server.root, auth=auth):
+                pass
+        except AuthenticationError as exc:
+            keep(exc)
+        else:
+            raise AssertionError("the wrong credentials were accepted")
+    # failures with good credentials: 404, 403, retries exhausted
+    async with BisqueSession(server.root, auth=("bob", "builder"), retry=FAST_RETRY) as bq:
+        texts += [repr(bq), repr(bq.table), str(bq.config)]
+        for call in (bq.table.info("nope", "x"), bq.table.load_array("private", "a")):
+            try:
+                await call
+            except BisqueError as exc:
+                keep(exc)
+        server.faults = FaultPlan(error_rate=1.0)
+        try:
+            await bq.table.load_array("vol", "volume", retry=FAST_RETRY.__class__(
+                max_attempts=2, backoff_initial=0, backoff_max=0))
+        except DownloadError as exc:
+            keep(exc)
+    texts += [r.getMessage() for r in caplog.records]
+    texts.append(repr(MexToken(SECRET, user="alice")))
+    assert len(texts) > 10
+    leaked = [t for t in texts for s in secrets() + secrets("bob", "builder") if s in t]
+    assert leaked == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(uniq=st.text(max_size=30), parts=st.lists(st.text(max_size=10), max_size=4))
+def test_fuzzed_uniq_and_path_stay_under_the_table_service(uniq: str, parts: list[str]) -> None:
+    base = "https://bisque.example.org/table/"
+    try:
+        url = table_url(base, uniq, [p for p in parts if p and "\x00" not in p], "0;1",
+                        ["format:hdf"])
+    except UsageError:
+        return  # refused: fine
+    split = urlsplit(url)
+    assert split.netloc == "bisque.example.org" and not split.query and not split.fragment
+    assert split.path.startswith("/table/")
+    uniq_segment = split.path.split("/")[2]
+    assert uniq_segment not in ("", ".", "..") and "%" not in uniq_segment
+
+
+async def test_config_repr_has_no_secret() -> None:
+    assert "password" not in repr(Config()).lower()
