@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import threading
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 __all__ = ["LoopThread", "run_sync", "shared_loop"]
 
@@ -31,6 +32,44 @@ def _new_loop() -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
     loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
     return loop
+
+
+class _Call(Generic[T]):
+    """One coroutine run for a waiting thread.
+
+    ``done`` completes only when the task has really finished, cancellation included.
+    (``asyncio.run_coroutine_threadsafe``'s future reports "cancelled" as soon as it is
+    asked to, while the task may still be closing connections.)
+    """
+
+    def __init__(self, coro: Coroutine[Any, Any, T]):
+        self.coro = coro
+        self.task: asyncio.Task[T] | None = None
+        self.done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self.done.set_running_or_notify_cancel():
+            self.coro.close()
+            return
+        try:
+            self.task = loop.create_task(self.coro)
+        except BaseException as exc:  # e.g. the loop is closing
+            self.coro.close()
+            self.done.set_exception(exc)
+            return
+        self.task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[T]) -> None:
+        if task.cancelled():
+            self.done.set_exception(concurrent.futures.CancelledError())
+        elif (exc := task.exception()) is not None:
+            self.done.set_exception(exc)
+        else:
+            self.done.set_result(task.result())
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
 
 
 class LoopThread:
@@ -60,29 +99,34 @@ class LoopThread:
                 self._loop, self._thread = loop, thread
             return self._loop
 
+    def is_current(self) -> bool:
+        """Whether the caller runs on this loop's own thread."""
+        return self._thread is not None and threading.current_thread() is self._thread
+
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on the private loop and wait for its result."""
+        """Run ``coro`` on the private loop and wait for its result.
+
+        Raises ``RuntimeError`` when called on the private loop's own thread (it would wait
+        for itself forever). A ``KeyboardInterrupt`` while waiting cancels the coroutine,
+        waits up to ``_CANCEL_GRACE`` seconds for it to finish cleaning up (its requests
+        cancelled, its connections closed) and is then re-raised.
+        """
         loop = self.loop
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
+        if self.is_current():
             coro.close()
             raise RuntimeError(
-                "aiobisque's synchronous API was called from its own event loop thread; "
-                "use the async API (await ...) there instead"
+                "aiobisque's synchronous API was called from its own event loop thread "
+                "(for example in a progress callback); use the async API (await ...) there"
             )
-        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        call = _Call(coro)
+        loop.call_soon_threadsafe(call.start, loop)
         try:
-            return future.result()
+            return call.done.result()
         except KeyboardInterrupt:
-            future.cancel()
-            try:
-                future.result(timeout=_CANCEL_GRACE)
-            except (concurrent.futures.CancelledError, concurrent.futures.TimeoutError,
-                    Exception):
-                pass
+            # call_soon_threadsafe keeps FIFO order, so the task exists when this runs
+            loop.call_soon_threadsafe(call.cancel)
+            with contextlib.suppress(BaseException):
+                call.done.result(timeout=_CANCEL_GRACE)
             raise
 
     def _forget(self) -> None:
