@@ -21,6 +21,7 @@ from aiobisque.errors import (
 )
 from aiobisque.protocol import ArrayInfo
 from aiobisque.session import BisqueSession, MexToken
+from aiobisque.sync import Session, SyncRemoteArray, SyncTableService, load_array
 from aiobisque.table import RemoteArray, TableService
 
 __version__ = "0.1.0"
@@ -47,8 +48,12 @@ __all__ = [
     "RetryPolicy",
     "SelectionError",
     "ServerError",
+    "Session",
+    "SyncRemoteArray",
+    "SyncTableService",
     "TableService",
     "TransportError",
     "UsageError",
     "__version__",
+    "load_array",
 ]
