@@ -42,7 +42,7 @@ class RetryPolicy:
     ``max(budget_min, budget * requests)``, so a server that fails everything is not hammered.
     """
 
-    max_attempts: int = 6
+    max_attempts: int = 10
     max_delay: float = 120.0
     backoff_initial: float = 0.2
     backoff_max: float = 10.0
