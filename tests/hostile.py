@@ -36,7 +36,7 @@ def info_json(shape: tuple[int, ...], dtype: str = "float32") -> dict[str, Any]:
 
 @dataclass
 class Hostile:
-    """What the server answers; tests replace ``info`` and ``data`` freely."""
+    """What the server answers; tests replace ``info`` (a document or a handler) and ``data``."""
 
     info: Any = field(default_factory=lambda: info_json((4, 3)))
     data: Handler | None = None
@@ -58,6 +58,9 @@ class Hostile:
                 else ""
             return web.Response(text=f"<session>{user}</session>", content_type="text/xml")
         if path.endswith("/info/format:json"):
+            if callable(self.info):
+                response: web.StreamResponse = await self.info(request)
+                return response
             text = self.info if isinstance(self.info, str) else json.dumps(self.info)
             return web.Response(text=text, content_type="application/json")
         if path.endswith("/format:hdf") and self.data is not None:
