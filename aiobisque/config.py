@@ -84,7 +84,7 @@ class Config:
 
     concurrency: int = 16
     request_bytes: int = 4 * MiB
-    inflight_bytes: int = 96 * MiB
+    inflight_bytes: int = 64 * MiB
     max_bytes: int = 64 * 1024 * MiB
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
