@@ -16,7 +16,7 @@ from typing import Any
 
 from aiobisque.errors import SelectionError
 
-__all__ = ["DimSelection", "Selection", "normalize_selection", "bqapi_selection"]
+__all__ = ["DimSelection", "Selection", "bqapi_selection", "expand_index", "normalize_selection"]
 
 
 @dataclass(frozen=True)
@@ -126,11 +126,13 @@ def _dim_from_int(value: Any, size: int, axis: int) -> DimSelection:
     return DimSelection(i % size, 1, 1, drop=True)
 
 
-def normalize_selection(selection: Any, shape: Sequence[int]) -> Selection:
-    """Normalise a numpy basic index for an array of ``shape``.
+def expand_index(selection: Any, ndim: int) -> list[Any]:
+    """The index as a list with ``...`` replaced and missing trailing dimensions filled.
 
-    >>> normalize_selection((slice(None, None, -2), 1), (5, 3)).shape
-    (3,)
+    Every entry but ``None`` (new axes) then stands for one of the ``ndim`` dimensions.
+
+    >>> expand_index((Ellipsis, 0), 3)
+    [slice(None, None, None), slice(None, None, None), 0]
     """
     if not isinstance(selection, tuple):
         selection = (selection,)
@@ -138,7 +140,6 @@ def normalize_selection(selection: Any, shape: Sequence[int]) -> Selection:
     if n_ellipsis > 1:
         raise SelectionError("an index can only have a single ellipsis ('...')")
     n_real = sum(1 for s in selection if s is not None and s is not Ellipsis)
-    ndim = len(shape)
     if n_real > ndim:
         raise SelectionError(
             f"too many indices for array: array is {ndim}-dimensional, "
@@ -152,7 +153,16 @@ def normalize_selection(selection: Any, shape: Sequence[int]) -> Selection:
             expanded.append(s)
     if n_ellipsis == 0:
         expanded.extend([slice(None)] * (ndim - n_real))
+    return expanded
 
+
+def normalize_selection(selection: Any, shape: Sequence[int]) -> Selection:
+    """Normalise a numpy basic index for an array of ``shape``.
+
+    >>> normalize_selection((slice(None, None, -2), 1), (5, 3)).shape
+    (3,)
+    """
+    expanded = expand_index(selection, len(shape))
     dims: list[DimSelection] = []
     layout: list[int | None] = []
     for s in expanded:
