@@ -44,6 +44,7 @@ from aiobisque._loop import run_sync
 from aiobisque.config import Config
 from aiobisque.errors import SelectionError, UsageError
 from aiobisque.protocol import ArrayInfo, not_an_array, redact_url
+from aiobisque.selection import expand_index
 from aiobisque.session import BisqueSession, MexToken
 from aiobisque.table import RemoteArray, TableService
 
@@ -217,61 +218,48 @@ def _fancy_box(index: Any, shape: tuple[int, ...]) -> tuple[tuple[Any, ...], tup
     ``array[index]`` (integers stay integers, so numpy places the advanced dimensions the
     same way).
     """
-    items = index if isinstance(index, tuple) else (index,)
-    n_real = sum(1 for i in items if i is not None and i is not Ellipsis)
-    if n_real > len(shape):
-        raise SelectionError(
-            f"too many indices for array: array is {len(shape)}-dimensional, "
-            f"but {n_real} were indexed"
-        )
-    expanded: list[Any] = []
-    for item in items:
-        if item is Ellipsis:
-            expanded.extend([slice(None)] * (len(shape) - n_real))
-        else:
-            expanded.append(item)
-    if not any(i is Ellipsis for i in items):
-        expanded.extend([slice(None)] * (len(shape) - n_real))
     box: list[Any] = []
     local: list[Any] = []
     axis = 0
-    for item in expanded:
+    for item in expand_index(index, len(shape)):
         if item is None:
             local.append(None)
             continue
-        size = shape[axis]
         if isinstance(item, slice):
             box.append(item)
             local.append(slice(None))
-        elif isinstance(item, list | np.ndarray):
-            picks = np.asarray(item)
-            if picks.dtype == bool:
-                if picks.shape != (size,):
-                    raise SelectionError(
-                        f"boolean index of shape {picks.shape} does not match axis {axis} "
-                        f"of size {size}"
-                    )
-                picks = np.flatnonzero(picks)
-            if picks.size == 0:
-                picks = picks.astype(np.intp)
-            if picks.dtype.kind not in "iu":
-                raise SelectionError(f"index arrays must hold integers (axis {axis})")
-            if picks.size and (picks.min() < -size or picks.max() >= size):
-                raise SelectionError(f"index out of bounds for axis {axis} with size {size}")
-            picks = np.where(picks < 0, picks + size, picks)
+        else:
+            picks = _picks(item, shape[axis], axis)
             lo = int(picks.min()) if picks.size else 0
             hi = int(picks.max()) + 1 if picks.size else 0
             box.append(slice(lo, hi))
-            local.append(picks - lo)
-        else:
-            i = operator.index(item)
-            if not -size <= i < size:
-                raise SelectionError(f"index {i} is out of bounds for axis {axis} with size {size}")
-            i %= size
-            box.append(slice(i, i + 1))
-            local.append(0)
+            local.append(picks - lo if isinstance(item, list | np.ndarray) else 0)
         axis += 1
     return tuple(box), tuple(local)
+
+
+def _picks(item: Any, size: int, axis: int) -> np.ndarray[Any, Any]:
+    """The non-negative source indices an integer, integer array or boolean mask selects."""
+    if isinstance(item, bool | np.bool_):
+        raise SelectionError(f"a scalar boolean is not an index (axis {axis})")
+    if isinstance(item, list | np.ndarray):
+        picks = np.asarray(item)
+        if picks.dtype == bool:
+            if picks.shape != (size,):
+                raise SelectionError(
+                    f"boolean index of shape {picks.shape} does not match axis {axis} "
+                    f"of size {size}"
+                )
+            picks = np.flatnonzero(picks)
+        elif picks.size == 0:
+            picks = picks.astype(np.intp)
+    else:
+        picks = np.asarray([operator.index(item)])
+    if picks.dtype.kind not in "iu":
+        raise SelectionError(f"index arrays must hold integers (axis {axis})")
+    if picks.size and (picks.min() < -size or picks.max() >= size):
+        raise SelectionError(f"index out of bounds for axis {axis} with size {size}")
+    return np.where(picks < 0, picks + size, picks)
 
 
 def _is_fancy(index: Any) -> bool:

@@ -221,6 +221,7 @@ def test_block_reader_serves_fancy_indices_from_one_box(srv: TableServer) -> Non
         np.s_[None, 5:7, np.array([True] * 15 + [False] * 15)],
         np.s_[..., np.array([], dtype=int)],
         np.s_[3, 4, 5],
+        np.s_[[1, 2], -1],
     ]
     for sel in cases:
         srv.stats.reset()
@@ -232,6 +233,8 @@ def test_block_reader_serves_fancy_indices_from_one_box(srv: TableServer) -> Non
     assert data_ranges(srv) == ["2;5,0;29,0;19"]
     with pytest.raises(IndexError, match="out of bounds"):
         reader[np.s_[[0, 40]]]
+    with pytest.raises(IndexError, match="scalar boolean"):
+        reader[np.s_[[0, 1], True]]
     with pytest.raises(IndexError, match="boolean index"):
         reader[np.s_[np.array([True, False])]]
     assert pickle.loads(pickle.dumps(reader)).shape == reader.shape
