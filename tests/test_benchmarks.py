@@ -1,0 +1,67 @@
+"""The benchmark harness runs end to end (``--quick``), so it cannot rot unnoticed.
+
+No timing is asserted: only that every contender ran, was checked bit-exact, and that the
+report was written where asked without touching other sections.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.measure import measure
+from benchmarks.report import update_section
+from benchmarks.scenarios import prepare
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_quick_run_writes_a_checked_report(tmp_path: Path) -> None:
+    output = tmp_path / "RESULTS.md"
+    output.write_text("# Kept\n\nhand-written notes\n", encoding="utf-8")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--cache-dir", str(tmp_path / "data"),
+         "--output", str(output)],
+        capture_output=True, text=True, timeout=90, cwd=REPO, env=env, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    text = output.read_text(encoding="utf-8")
+    assert text.startswith("# Kept\n\nhand-written notes\n")
+    assert "<!-- results:start -->" in text and "<!-- results:end -->" in text
+    rows = [line for line in text.splitlines() if line.startswith(("| WAN |", "| Loopback |"))]
+    assert len(rows) == 4  # two scenarios x two contenders
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        contender, exact = cells[2], cells[-1]
+        assert exact == ("bytes" if contender == "raw-sink" else "yes"), row
+    assert "WAN >= 85% of link limit" in text  # the targets table is judged
+
+
+def test_update_section_replaces_only_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "R.md"
+    update_section(path, "results", "first")
+    update_section(path, "sweep", "grid")
+    update_section(path, "results", "second")
+    text = path.read_text(encoding="utf-8")
+    assert "second" in text and "first" not in text and "grid" in text
+    assert text.index("results:start") < text.index("sweep:start")
+
+
+def test_measure_sees_memory_growth() -> None:
+    with measure() as m:
+        block = bytearray(32 << 20)
+        block[::4096] = b"\x01" * len(block[::4096])  # touch every page
+    assert m.rss_growth >= 24 << 20
+    assert m.seconds >= 0 and m.cpu_seconds >= 0
+    del block
+
+
+def test_prepare_refuses_partial_planes(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="256x256 float32 planes"):
+        prepare(tmp_path, 1000)
