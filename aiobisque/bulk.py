@@ -1,0 +1,608 @@
+"""Downloads to files: out-of-core, resumable, verified, with progress across many files.
+
+A selection of a remote array is written to ``FILE`` through ``FILE.part``:
+
+1. the result is cut into C-contiguous blocks (:class:`~aiobisque.outputs.BlockGrid`) of
+   a few times the request size, so memory stays bounded whatever the array's size;
+2. each block is downloaded with :meth:`RemoteArray.read(block, out=...)
+   <aiobisque.RemoteArray.read>` straight into the output's buffer (a memory map of the
+   ``.npy`` file, or a block-sized array for HDF5), made durable, and recorded in the
+   journal (:mod:`aiobisque.journal`);
+3. when every block is in, the file's shape and dtype are checked and it is renamed to
+   ``FILE`` atomically.
+
+Running the same download again after a crash continues from the journal, fetching only
+the missing blocks, once it has checked that the remote array still has the recorded shape
+and dtype. :class:`BulkDownloader` runs one or many downloads on one session: they share
+the session's request limit and byte budget, plus a budget of block buffers.
+
+>>> async with BisqueSession(root, auth=auth) as bq:                       # doctest: +SKIP
+...     result = await BulkDownloader(bq.table).download(Target(uniq, path, "vol.npy"))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from aiobisque.config import Config
+from aiobisque.download import DownloadStats, Progress, _run_all
+from aiobisque.errors import (
+    AuthenticationError,
+    BisqueError,
+    IncompleteDownloadError,
+    PermissionDeniedError,
+    SelectionError,
+    UsageError,
+)
+from aiobisque.fetch import ByteBudget
+from aiobisque.journal import Journal, JournalError
+from aiobisque.outputs import (
+    BlockGrid,
+    Hdf5Output,
+    NpyOutput,
+    Output,
+    chunk_grid,
+    existing_output_mismatch,
+    json_attr,
+    output_format,
+)
+from aiobisque.plan import make_plan
+from aiobisque.protocol import parse_uniq, redact_url, split_path
+from aiobisque.selection import Selection, normalize_selection
+from aiobisque.slices import format_slices, parse_slices
+from aiobisque.table import RemoteArray, TableService
+
+__all__ = [
+    "MIN_BLOCK_BYTES",
+    "BulkDownloader",
+    "FileResult",
+    "Meter",
+    "OutputExistsError",
+    "ResumeError",
+    "Target",
+    "block_index",
+    "default_block_bytes",
+    "default_blocks_in_flight",
+]
+
+log = logging.getLogger("aiobisque")
+
+T = TypeVar("T")
+
+#: Smallest block: below this, syncing and journaling each block would cost more than it saves.
+MIN_BLOCK_BYTES = 1024 * 1024
+
+#: Errors that fail one file of a bulk run without stopping the others.
+FILE_ERRORS: tuple[type[BaseException], ...] = (BisqueError, OSError)
+
+
+class ResumeError(BisqueError):
+    """A ``.part`` file cannot be continued: the remote array or the request changed."""
+
+
+class OutputExistsError(BisqueError, FileExistsError):
+    """The output file exists and holds something other than this download."""
+
+
+def _pipeline_bytes(config: Config) -> int:
+    """Payload bytes the session can have in flight."""
+    return min(config.concurrency * config.request_bytes, config.inflight_bytes)
+
+
+def default_block_bytes(config: Config) -> int:
+    """Bytes per block: two requests' worth (at least :data:`MIN_BLOCK_BYTES`).
+
+    Small blocks are synced and unmapped soon after their data arrives, which is what
+    keeps the resident memory near the session's in-flight budget.
+    """
+    return max(MIN_BLOCK_BYTES, 2 * config.request_bytes)
+
+
+def default_blocks_in_flight(config: Config, block_bytes: int) -> int:
+    """Blocks fetched at once: enough to keep every allowed request busy (at least two)."""
+    return max(2, -(-_pipeline_bytes(config) // block_bytes))
+
+
+def block_index(sel: Selection, region: Sequence[slice]) -> tuple[Any, ...]:
+    """A numpy index of the *source* array selecting ``result[region]`` of ``sel``.
+
+    ``region`` has one slice per result axis (a :meth:`BlockGrid.region`); integer indices
+    of ``sel`` stay integers and new axes stay ``None``, so reading the returned index gives
+    an array of exactly the region's shape.
+    """
+    index: list[Any] = []
+    axis = 0  # result axis
+    for src in sel.layout:
+        if src is None:
+            index.append(None)
+            axis += 1
+            continue
+        d = sel.dims[src]
+        if d.drop:
+            index.append(d.first)
+            continue
+        lo, hi, _ = region[axis].indices(d.count)
+        start = d.first + lo * d.step
+        stop = d.first + hi * d.step
+        # a negative stop would wrap around: None means "past index 0" for a negative step
+        index.append(slice(start, stop if stop >= 0 else None, d.step))
+        axis += 1
+    return tuple(index)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One download to a file.
+
+    ``slices`` is numpy index text (``"10:20, :, -1"``; empty: everything). ``dataset`` and
+    ``compression`` apply to HDF5 outputs (default dataset name: the path's last component).
+    """
+
+    uniq: str
+    path: str
+    output: Path
+    slices: str = ""
+    dataset: str | None = None
+    compression: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "output", Path(self.output))
+        object.__setattr__(self, "uniq", parse_uniq(self.uniq))
+        if not split_path(self.path):
+            raise UsageError(f"no HDF path given for {self.uniq} (which array to download?)")
+        output_format(self.output)
+        parse_slices(self.slices)
+        if self.compression not in (None, "gzip", "lzf"):
+            raise UsageError(f"compression must be gzip, lzf or none, got {self.compression!r}")
+
+    @property
+    def index(self) -> tuple[Any, ...]:
+        return parse_slices(self.slices)
+
+    @property
+    def where(self) -> str:
+        return f"{self.uniq}/{'/'.join(split_path(self.path))}"
+
+
+@dataclass
+class FileResult:
+    """What one download to a file did."""
+
+    target: Target
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    blocks: int
+    resumed_blocks: int = 0
+    skipped: bool = False  # the output already held this download
+    stats: DownloadStats = field(default_factory=DownloadStats)
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def __str__(self) -> str:
+        what = f"{self.target.output}: {self.shape} {self.dtype}, {_size(self.nbytes)}"
+        if self.skipped:
+            return f"{what}, already downloaded"
+        resumed = f", resumed with {self.resumed_blocks}/{self.blocks} blocks" \
+            if self.resumed_blocks else ""
+        s = self.stats
+        rate = _size(int(s.out_bytes / s.seconds)) + "/s" if s.seconds > 0 else "-"
+        return (f"{what} in {s.seconds:.1f} s ({rate}), {s.requests} requests, "
+                f"{s.retries} retries{resumed}")
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+class Meter:
+    """Progress of every file of a run together (bytes, requests, retries).
+
+    Blocks in flight report partial progress; a failed block's partial progress is
+    dropped. ``on_change(meter)`` is called after every update (displays throttle it).
+    """
+
+    def __init__(self, on_change: Callable[[Meter], Any] | None = None):
+        self.on_change = on_change
+        self.total_bytes = 0
+        self.total_requests = 0
+        self.files = 0
+        self.files_done = 0
+        self.started = time.monotonic()
+        self._done_bytes = 0
+        self._done_requests = 0
+        self._retries = 0
+        self._partial: dict[Any, Progress] = {}
+
+    def add(self, total_bytes: int, total_requests: int, done_bytes: int = 0,
+            done_requests: int = 0) -> None:
+        """A file joins the run (resumed blocks count as done)."""
+        self.files += 1
+        self.total_bytes += total_bytes
+        self.total_requests += total_requests
+        self._done_bytes += done_bytes
+        self._done_requests += done_requests
+        self._changed()
+
+    def partial(self, key: Any, progress: Progress) -> None:
+        self._partial[key] = progress
+        self._changed()
+
+    def block_done(self, key: Any, nbytes: int, requests: int, retries: int) -> None:
+        self._partial.pop(key, None)
+        self._done_bytes += nbytes
+        self._done_requests += requests
+        self._retries += retries
+        self._changed()
+
+    def block_dropped(self, key: Any) -> None:
+        p = self._partial.pop(key, None)
+        if p is not None:
+            self._retries += p.retries
+            self._changed()
+
+    def file_done(self) -> None:
+        self.files_done += 1
+        self._changed()
+
+    def snapshot(self) -> Progress:
+        parts = self._partial.values()
+        return Progress(
+            done_bytes=self._done_bytes + sum(p.done_bytes for p in parts),
+            total_bytes=self.total_bytes,
+            done_requests=self._done_requests + sum(p.done_requests for p in parts),
+            total_requests=self.total_requests,
+            retries=self._retries + sum(p.retries for p in parts),
+        )
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self)
+
+
+async def _in_thread(fn: Callable[[], T]) -> T:
+    """Run blocking file work in a thread; never return while that thread still runs.
+
+    A cancelled caller waits for the thread to finish, so the output is never closed
+    under a write.
+    """
+    fut = asyncio.ensure_future(asyncio.to_thread(fn))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        await asyncio.wait([fut])
+        raise
+
+
+@dataclass
+class _State:
+    """An output being filled: its file, grid and journal."""
+
+    output: Output | None
+    grid: BlockGrid
+    journal: Journal
+    sel: Selection
+    skipped: bool = False
+
+
+class BulkDownloader:
+    """Downloads remote arrays to files on one session's table service.
+
+    ``block_bytes`` sets the block size (default :func:`default_block_bytes`); at most
+    ``blocks_in_flight`` blocks (default :func:`default_blocks_in_flight`) are fetched at
+    once, and their buffers are shared by all downloads of this downloader, so memory
+    stays near the session's in-flight budget however many files run. ``restart=True`` discards partial downloads and replaces existing
+    outputs instead of resuming or skipping them.
+    """
+
+    def __init__(
+        self,
+        table: TableService,
+        *,
+        block_bytes: int | None = None,
+        blocks_in_flight: int | None = None,
+        meter: Meter | None = None,
+        restart: bool = False,
+    ):
+        config = table.session.config
+        self.table = table
+        self.block_bytes = block_bytes or default_block_bytes(config)
+        self.blocks_in_flight = blocks_in_flight or default_blocks_in_flight(
+            config, self.block_bytes)
+        if self.block_bytes < 1 or self.blocks_in_flight < 1:
+            raise UsageError("block_bytes and blocks_in_flight must be positive")
+        self.meter = meter or Meter()
+        self.restart = restart
+        self._buffers = ByteBudget(self.block_bytes * self.blocks_in_flight)
+
+    # -- one file -------------------------------------------------------------------
+
+    async def download(self, target: Target) -> FileResult:
+        """Download ``target`` to its file, resuming a ``.part`` file left by an earlier run.
+
+        Raises :class:`ResumeError` when the ``.part`` file's remote array changed (or
+        belongs to another request), :class:`OutputExistsError` when the output exists
+        and is something else, and the usual :class:`~aiobisque.BisqueError` subclasses;
+        on a failure the ``.part`` file and journal stay for the next run.
+        """
+        started = time.perf_counter()
+        out = target.output
+        if not out.parent.is_dir():
+            raise UsageError(f"cannot write {out}: folder {out.parent} does not exist")
+        arr = await self.table.open(target.uniq, target.path)
+        journal = await _in_thread(lambda: Journal.open(_sibling(out, ".part.journal")))
+        state: _State | None = None
+        try:
+            state = await _in_thread(lambda: self._prepare(target, arr, journal))
+            shape, dtype = state.sel.shape, arr.dtype
+            if state.skipped:
+                log.info("%s already holds %s; skipped", out, target.where)
+                self.meter.add(0, 0)
+                self.meter.file_done()
+                return FileResult(target, shape, dtype, len(state.grid), skipped=True)
+            result = FileResult(target, shape, dtype, len(state.grid),
+                                resumed_blocks=len(journal.done))
+            await self._fill(arr, state, result.stats)
+            if len(journal.done) != len(state.grid):  # pragma: no cover - defensive
+                raise IncompleteDownloadError(
+                    f"{target.where}: only {len(journal.done)} of {len(state.grid)} blocks done")
+            output = state.output
+            assert output is not None
+            await _in_thread(lambda: output.finish(out))
+            await _in_thread(journal.remove)
+            result.stats.seconds = time.perf_counter() - started
+            result.stats.complete = True
+            self.meter.file_done()
+            log.info("saved %s", result)
+            return result
+        except FILE_ERRORS as exc:
+            if state is not None and state.output is not None and not state.skipped:
+                done = len(journal.done)
+                exc.add_note(f"{done} of {len(state.grid)} blocks are saved in "
+                             f"{_sibling(out, '.part')}; rerun the same command to resume")
+            raise
+        finally:
+            if state is not None and state.output is not None:
+                state.output.close()
+            journal.close()
+
+    def _identity(self, target: Target, arr: RemoteArray) -> dict[str, Any]:
+        fmt = output_format(target.output)
+        return {
+            "root": redact_url(self.table.session.root),
+            "uniq": arr.info.uniq,
+            "path": "/".join(split_path(arr.info.path)),
+            "selection": format_slices(target.index),
+            "format": fmt,
+            "dataset": self._dataset(target, arr) if fmt == "hdf5" else None,
+            "compression": target.compression if fmt == "hdf5" else None,
+        }
+
+    @staticmethod
+    def _dataset(target: Target, arr: RemoteArray) -> str:
+        return target.dataset or split_path(arr.info.path)[-1]
+
+    def _prepare(self, target: Target, arr: RemoteArray, journal: Journal) -> _State:
+        """Decide between skip, resume and a fresh start; open the output (blocking)."""
+        out = target.output
+        part = _sibling(out, ".part")
+        identity = self._identity(target, arr)
+        previous = None
+        if not self.restart and not journal.empty:
+            try:
+                previous = journal.load()
+            except JournalError as exc:
+                log.warning("%s; starting %s over", exc, out)
+        if previous is not None:
+            was = (tuple(previous.get("source_shape", ())), previous.get("source_dtype"))
+            now = (arr.shape, str(arr.dtype))
+            if was != now:
+                raise ResumeError(
+                    f"the remote array {target.where} changed since {part} was started: it was "
+                    f"{was[0]} {was[1]}, it is now {now[0]} {now[1]}; rerun with --restart "
+                    "to download it again from scratch"
+                )
+            for key, value in identity.items():
+                if previous.get(key) != value:
+                    raise ResumeError(
+                        f"{part} holds another download ({key} {previous.get(key)!r} there, "
+                        f"{value!r} now); rerun with --restart to discard it"
+                    )
+        sel = normalize_selection(target.index, arr.shape)
+        shape, dtype = sel.shape, arr.dtype
+        fmt = identity["format"]
+        attrs = {"root": identity["root"], "uniq": identity["uniq"], "path": identity["path"],
+                 "selection": identity["selection"]}
+
+        if not self.restart and out.exists() and not part.exists():
+            # a finished download (perhaps killed between the rename and the journal's removal)
+            why = existing_output_mismatch(out, fmt, shape, dtype, dataset=identity["dataset"],
+                                           attrs=attrs if fmt == "hdf5" else None)
+            if why is not None:
+                raise OutputExistsError(
+                    f"{out} already exists and is not this download ({why}); rerun with "
+                    "--restart to replace it"
+                )
+            journal.remove()
+            return _State(None, BlockGrid(shape, 0, 1), journal, sel, skipped=True)
+
+        if previous is not None:
+            grid = BlockGrid(shape, int(previous["block_axis"]), int(previous["block_rows"]))
+            if len(grid) == previous.get("blocks") and part.exists():
+                try:
+                    resumed = self._open_output(part, fmt, identity, shape, dtype)
+                    log.info("resuming %s: %d of %d blocks already saved", out,
+                             len(journal.done), len(grid))
+                    return _State(resumed, grid, journal, sel)
+                except (OSError, ValueError) as exc:
+                    log.warning("cannot continue %s (%s); starting over", part, exc)
+            else:
+                log.warning("%s does not match its journal; starting over", part)
+
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
+        align = chunk_grid(shape, dtype.itemsize) if fmt == "hdf5" else None
+        grid = BlockGrid.fit(shape, dtype.itemsize, self.block_bytes, align=align)
+        output: Output
+        if fmt == "npy":
+            output = NpyOutput.create(part, shape, dtype)
+        else:
+            output = Hdf5Output.create(
+                part, identity["dataset"], shape, dtype, compression=identity["compression"],
+                attrs={**attrs, "source_shape": list(arr.shape), "meta": json_attr(arr.info.meta)},
+            )
+        try:
+            journal.start({
+                **identity,
+                "source_shape": list(arr.shape),
+                "source_dtype": str(arr.dtype),
+                "shape": list(shape),
+                "block_axis": grid.axis,
+                "block_rows": grid.rows,
+                "blocks": len(grid),
+            })
+        except BaseException:
+            output.close()
+            raise
+        return _State(output, grid, journal, sel)
+
+    @staticmethod
+    def _open_output(part: Path, fmt: str, identity: dict[str, Any], shape: tuple[int, ...],
+                     dtype: np.dtype[Any]) -> Output:
+        if fmt == "npy":
+            return NpyOutput.reopen(part, shape, dtype)
+        return Hdf5Output.reopen(part, identity["dataset"], shape, dtype)
+
+    async def _fill(self, arr: RemoteArray, state: _State, stats: DownloadStats) -> None:
+        """Download every block the journal does not have yet."""
+        grid, journal, output = state.grid, state.journal, state.output
+        assert output is not None
+        config = self.table.session.config
+        itemsize = arr.dtype.itemsize
+        plans = {}
+        done_bytes = done_requests = 0
+        for block in range(len(grid)):
+            index = block_index(state.sel, grid.region(block))
+            plan = make_plan(normalize_selection(index, arr.shape), itemsize,
+                             config.request_bytes)
+            if block in journal.done:
+                done_bytes += plan.nbytes
+                done_requests += len(plan)
+            else:
+                plans[block] = (index, plan.nbytes, len(plan))
+        self.meter.add(done_bytes + sum(p[1] for p in plans.values()),
+                       done_requests + sum(p[2] for p in plans.values()),
+                       done_bytes, done_requests)
+        stats.out_bytes = math.prod(grid.shape) * itemsize
+        pending = iter(sorted(plans))
+        commits = asyncio.Lock()  # HDF5 writes to one file are serialised anyway
+
+        async def fetch(block: int) -> None:
+            index, nbytes, _ = plans[block]
+            out_bytes = math.prod(grid.block_shape(block)) * itemsize
+            key = (id(state), block)
+            held = await self._buffers.acquire(out_bytes)
+            try:
+                buf = output.buffer(grid, block)
+                block_stats = DownloadStats()
+                try:
+                    await arr.read(index, out=buf,
+                                   progress=lambda p: self.meter.partial(key, p),
+                                   stats=block_stats)
+                except IncompleteDownloadError as exc:
+                    # the block's buffer is ours and is simply refetched next time: report
+                    # the request that failed, not the out= wording meant for API callers
+                    cause = exc.__cause__
+                    raise cause if isinstance(cause, BisqueError) else exc from None
+                finally:
+                    _merge(stats, block_stats)
+
+                def commit() -> None:
+                    output.commit(grid, block, buf)
+                    journal.mark(block)
+
+                async with commits:
+                    await _in_thread(commit)
+                self.meter.block_done(key, nbytes, block_stats.requests, block_stats.retries)
+            finally:
+                self.meter.block_dropped(key)
+                await self._buffers.release(held)
+
+        async def worker() -> None:
+            for block in pending:  # shared iterator: each block is taken by one worker
+                await fetch(block)
+
+        n_workers = min(self.blocks_in_flight, len(plans))
+        await _run_all([worker for _ in range(n_workers)])
+
+    # -- many files -------------------------------------------------------------------
+
+    async def download_all(
+        self, targets: Iterable[Target], *, jobs: int = 4
+    ) -> list[FileResult | BaseException]:
+        """Download several targets concurrently, ``jobs`` files at a time.
+
+        One file failing (any :class:`~aiobisque.BisqueError` or ``OSError``) does not
+        stop the others: its exception takes its place in the returned list. Cancellation
+        stops everything, leaving ``.part`` files to resume.
+        """
+        targets = list(targets)
+        if jobs < 1:
+            raise UsageError(f"jobs must be >= 1, got {jobs}")
+        _check_distinct(targets)
+        gate = asyncio.Semaphore(jobs)
+
+        async def one(target: Target) -> FileResult | BaseException:
+            async with gate:
+                try:
+                    return await self.download(target)
+                except FILE_ERRORS as exc:
+                    log.info("%s failed: %s", target.output, exc)
+                    return exc
+
+        return list(await asyncio.gather(*(one(t) for t in targets)))
+
+
+def _check_distinct(targets: Sequence[Target]) -> None:
+    seen: dict[str, int] = {}
+    for i, t in enumerate(targets):
+        key = os.path.abspath(t.output)
+        if key in seen:
+            raise UsageError(f"downloads {seen[key] + 1} and {i + 1} both write {t.output}")
+        seen[key] = i
+
+
+def _sibling(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
+
+
+def _merge(total: DownloadStats, part: DownloadStats) -> None:
+    total.requests += part.requests
+    total.attempts += part.attempts
+    total.retries += part.retries
+    total.bytes += part.bytes
+    total.peak_in_flight = max(total.peak_in_flight, part.peak_in_flight)
+    total.errors.extend(part.errors[-10:])
+
+
+#: Errors a command line reports as an authentication failure.
+AUTH_ERRORS = (AuthenticationError, PermissionDeniedError)
+#: Errors a command line reports as bad arguments.
+ARGUMENT_ERRORS = (UsageError, SelectionError)

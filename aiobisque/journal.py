@@ -1,0 +1,126 @@
+"""The journal of a download to a file: what is being downloaded and which blocks are safe.
+
+``FILE.part.journal`` sits beside ``FILE.part``. It is JSON lines: the first line describes
+the download (remote root, uniq, path, selection, shapes, dtype, block grid), each later
+line names one block whose data is already durable in ``FILE.part``. Every line is fsync'd
+before the next block is counted, so after a crash, Ctrl-C or ``kill -9`` the journal never
+claims more than the file holds. A last line cut short by the crash is ignored.
+
+The journal file is also the download's lock: a second process writing the same output is
+refused instead of interleaving blocks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from aiobisque.errors import BisqueError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, the journal still works
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["Journal", "JournalError", "LockedError"]
+
+_VERSION = 1
+_MAGIC = "aiobisque_journal"
+
+
+class JournalError(BisqueError):
+    """A journal that cannot be read back (not ours, or damaged beyond its last line)."""
+
+
+class LockedError(BisqueError):
+    """Another process is downloading to the same output right now."""
+
+
+class Journal:
+    """An open, locked journal file. Use :meth:`open`, then :meth:`start` or :meth:`load`."""
+
+    def __init__(self, path: Path, fd: int):
+        self.path = path
+        self._fd = fd
+        self.header: dict[str, Any] | None = None
+        self.done: set[int] = set()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Journal:
+        """Open (creating it empty if needed) and lock ``path``."""
+        path = Path(path)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise LockedError(
+                    f"another process is downloading to {path.name.removesuffix('.part.journal')}"
+                    f" (its journal {path} is locked)"
+                ) from None
+        return cls(path, fd)
+
+    @property
+    def empty(self) -> bool:
+        return os.fstat(self._fd).st_size == 0
+
+    def load(self) -> dict[str, Any]:
+        """Read the header and completed blocks; drop a last line cut short by a crash."""
+        size = os.fstat(self._fd).st_size
+        raw = os.pread(self._fd, size, 0)
+        complete = raw.rfind(b"\n") + 1
+        if complete < size:
+            os.ftruncate(self._fd, complete)  # the next append must start on a fresh line
+        lines = raw[:complete].decode("utf-8", "replace").splitlines()
+        if not lines:
+            raise JournalError(f"{self.path} holds no complete header")
+        try:
+            header = json.loads(lines[0])
+            if not isinstance(header, dict) or header.get(_MAGIC) != _VERSION:
+                raise ValueError("not an aiobisque journal")
+            done = set()
+            for line in lines[1:]:
+                entry = json.loads(line)
+                block = entry["block"]
+                if not isinstance(block, int) or not 0 <= block < header["blocks"]:
+                    raise ValueError(f"block {block!r} out of range")
+                done.add(block)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise JournalError(f"{self.path} is damaged: {exc}") from None
+        self.header = header
+        self.done = done
+        return header
+
+    def start(self, header: dict[str, Any]) -> None:
+        """Begin a fresh journal (any old content is dropped)."""
+        os.ftruncate(self._fd, 0)
+        self.header = dict(header)
+        self.done = set()
+        self._append({_MAGIC: _VERSION, **header})
+
+    def mark(self, block: int) -> None:
+        """Record that ``block`` is durable in the output (call after syncing the output)."""
+        self._append({"block": block})
+        self.done.add(block)
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
+        end = os.fstat(self._fd).st_size
+        os.pwrite(self._fd, line, end)
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)  # closing also releases the lock
+            self._fd = -1
+
+    def remove(self) -> None:
+        """Delete the journal (the lock is held until the file is closed)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        self.close()

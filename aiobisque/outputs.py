@@ -1,0 +1,416 @@
+"""Output files written block by block: ``.npy`` in place and HDF5 datasets.
+
+A download's result is cut into a :class:`BlockGrid` of C-contiguous blocks. An output
+hands out a writable buffer per block (for ``.npy`` a memory map of exactly that block's
+bytes in ``FILE.part``; for HDF5 a small numpy array), then *commits* it: the block is
+made durable (msync / HDF5 flush + fsync) before the journal may count it. Only a few
+blocks exist in memory at once, whatever the array's size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from aiobisque.errors import UsageError
+
+__all__ = [
+    "FORMATS",
+    "BlockGrid",
+    "Hdf5Output",
+    "NpyOutput",
+    "Output",
+    "existing_output_mismatch",
+    "output_format",
+]
+
+#: Output formats by file suffix.
+FORMATS = {".npy": "npy", ".h5": "hdf5", ".hdf5": "hdf5"}
+#: Target size of one HDF5 chunk: big enough for fast I/O, small enough for partial reads.
+CHUNK_BYTES = 1024 * 1024
+COMPRESSIONS = ("gzip", "lzf")
+
+
+def output_format(path: str | os.PathLike[str]) -> str:
+    """``"npy"`` or ``"hdf5"`` from the file name; :class:`~aiobisque.UsageError` otherwise."""
+    suffix = Path(path).suffix.lower()
+    try:
+        return FORMATS[suffix]
+    except KeyError:
+        known = ", ".join(FORMATS)
+        raise UsageError(
+            f"cannot tell the output format of {os.fspath(path)!r}: its name must end "
+            f"with one of {known}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class BlockGrid:
+    """A result array of ``shape`` cut into C-contiguous blocks.
+
+    Along axes before ``axis`` each block takes one index; along ``axis`` it takes
+    ``rows`` indices (fewer in the last block); later axes are whole. So every block is one
+    contiguous run of the C-ordered result, at element offset :meth:`offset`.
+    """
+
+    shape: tuple[int, ...]
+    axis: int
+    rows: int
+
+    @classmethod
+    def fit(
+        cls,
+        shape: tuple[int, ...],
+        itemsize: int,
+        block_bytes: int,
+        align: BlockGrid | None = None,
+    ) -> BlockGrid:
+        """The grid of the largest blocks of at most ``block_bytes`` (at least one element).
+
+        With ``align`` (an HDF5 chunk grid), blocks cover whole chunks wherever possible,
+        so no chunk is written (and compressed) twice.
+        """
+        if not shape:
+            return cls((), 0, 1)
+        ndim = len(shape)
+        budget = max(1, block_bytes // max(1, itemsize))  # elements per block
+        axis = ndim - 1
+        for k in range(ndim):
+            if math.prod(shape[k + 1:]) <= budget:
+                axis = k
+                break
+        inner = math.prod(shape[axis + 1:])
+        rows = max(1, min(shape[axis], budget // max(1, inner)))
+        if align is not None and align.axis == axis and align.rows < rows:
+            rows = rows // align.rows * align.rows
+        return cls(tuple(shape), axis, rows)
+
+    @property
+    def _per_axis(self) -> int:
+        return -(-self.shape[self.axis] // self.rows) if self.shape else 1
+
+    def __len__(self) -> int:
+        if math.prod(self.shape) == 0:
+            return 0
+        if not self.shape:
+            return 1
+        return math.prod(self.shape[: self.axis]) * self._per_axis
+
+    def _locate(self, block: int) -> tuple[tuple[int, ...], int, int]:
+        if not 0 <= block < len(self):
+            raise IndexError(f"block {block} is not in a grid of {len(self)}")
+        if not self.shape:
+            return (), 0, 1
+        outer, j = divmod(block, self._per_axis)
+        lead = tuple(int(i) for i in np.unravel_index(outer, self.shape[: self.axis])) \
+            if self.axis else ()
+        start = j * self.rows
+        stop = min(self.shape[self.axis], start + self.rows)
+        return lead, start, stop
+
+    def region(self, block: int) -> tuple[slice, ...]:
+        """The block's place in the result: one slice per axis (length 1 before ``axis``)."""
+        lead, start, stop = self._locate(block)
+        if not self.shape:
+            return ()
+        rest = (slice(None),) * (len(self.shape) - self.axis - 1)
+        return (*(slice(i, i + 1) for i in lead), slice(start, stop), *rest)
+
+    def block_shape(self, block: int) -> tuple[int, ...]:
+        _, start, stop = self._locate(block)
+        if not self.shape:
+            return ()
+        return (1,) * self.axis + (stop - start,) + self.shape[self.axis + 1:]
+
+    def offset(self, block: int) -> int:
+        """Element offset of the block's first element in the C-ordered result."""
+        lead, start, _ = self._locate(block)
+        if not self.shape:
+            return 0
+        outer = int(np.ravel_multi_index(lead, self.shape[: self.axis])) if self.axis else 0
+        return (outer * self.shape[self.axis] + start) * math.prod(self.shape[self.axis + 1:])
+
+
+class Output:
+    """A ``.part`` file being filled block by block (base class of the formats)."""
+
+    def __init__(self, part: Path, shape: tuple[int, ...], dtype: np.dtype[Any]):
+        self.part = part
+        self.shape = shape
+        self.dtype = dtype
+
+    def buffer(self, grid: BlockGrid, block: int) -> np.ndarray[Any, Any]:
+        """A writable array of ``grid.block_shape(block)`` to download the block into."""
+        raise NotImplementedError
+
+    def commit(self, grid: BlockGrid, block: int, buf: np.ndarray[Any, Any]) -> None:
+        """Make the block durable in the ``.part`` file (blocking: run it in a thread)."""
+        raise NotImplementedError
+
+    def verify(self) -> None:
+        """Check the ``.part`` file's shape and dtype (raises :class:`OSError`)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the file (the ``.part`` stays for a resume)."""
+
+    def finish(self, final: Path) -> None:
+        """Verify, sync and atomically rename the ``.part`` file to ``final``."""
+        self.verify()
+        self.close()
+        _fsync_path(self.part)
+        os.replace(self.part, final)
+        _fsync_dir(final.parent)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # makes the rename itself durable; not possible on every platform
+    with contextlib.suppress(OSError):
+        _fsync_path(folder)
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype[Any], bool, int]:
+    """(shape, dtype, fortran_order, data offset) of a ``.npy`` file."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise OSError(f"{path}: unsupported .npy version {version}")
+        return tuple(shape), np.dtype(dtype), bool(fortran), f.tell()
+
+
+class NpyOutput(Output):
+    """A ``.npy`` file written in place: each block is a memory map of its own bytes.
+
+    Mapping one block at a time (and unmapping it once synced) keeps the resident memory
+    to a few blocks even though the file is as large as the array.
+    """
+
+    def __init__(self, part: Path, shape: tuple[int, ...], dtype: np.dtype[Any], offset: int):
+        super().__init__(part, shape, dtype)
+        self.offset = offset
+
+    @classmethod
+    def create(cls, part: Path, shape: tuple[int, ...], dtype: np.dtype[Any]) -> NpyOutput:
+        """Write the header and reserve the file's full size on disk."""
+        # numpy picks the header version and sizes the file; mapping it touches no page
+        mm = np.lib.format.open_memmap(part, mode="w+", dtype=dtype, shape=shape)
+        offset = int(mm.offset)
+        _unmap(mm)
+        del mm
+        with open(part, "r+b") as f:
+            _reserve(f.fileno(), offset + math.prod(shape) * dtype.itemsize, part)
+        return cls(part, shape, dtype, offset)
+
+    @classmethod
+    def reopen(cls, part: Path, shape: tuple[int, ...], dtype: np.dtype[Any]) -> NpyOutput:
+        """Continue a ``.part`` file (raises :class:`OSError` if it does not fit)."""
+        out = cls(part, shape, dtype, 0)
+        out.offset = out._check()
+        return out
+
+    def _check(self) -> int:
+        shape, dtype, fortran, offset = _npy_header(self.part)
+        if shape != self.shape or dtype != self.dtype or fortran:
+            raise OSError(
+                f"{self.part} holds {shape} {dtype}, expected {self.shape} {self.dtype}"
+            )
+        size = self.part.stat().st_size
+        want = offset + math.prod(shape) * dtype.itemsize
+        if size != want:
+            raise OSError(f"{self.part} is {size:,} bytes, expected {want:,}")
+        return offset
+
+    def buffer(self, grid: BlockGrid, block: int) -> np.ndarray[Any, Any]:
+        start = self.offset + grid.offset(block) * self.dtype.itemsize
+        return np.memmap(self.part, dtype=self.dtype, mode="r+", offset=start,
+                         shape=grid.block_shape(block))
+
+    def commit(self, grid: BlockGrid, block: int, buf: np.ndarray[Any, Any]) -> None:
+        if isinstance(buf, np.memmap):
+            buf.flush()  # msync: the block is on disk before the journal says so
+            _unmap(buf)
+
+    def verify(self) -> None:
+        self._check()
+
+
+def _unmap(mm: np.ndarray[Any, Any]) -> None:
+    """Unmap a memmap now rather than when garbage collected, so resident memory stays low.
+
+    If views of it still exist the map stays until they go (``BufferError``).
+    """
+    raw = getattr(mm, "_mmap", None)
+    if raw is not None:
+        with contextlib.suppress(BufferError, ValueError):
+            raw.close()
+
+
+def _reserve(fd: int, size: int, path: Path) -> None:
+    """Give the file its full size, allocating the blocks where the platform can.
+
+    Allocating up front turns "disk full" into a clear error now, instead of a SIGBUS
+    when a memory-mapped write finds no space later.
+    """
+    os.ftruncate(fd, size)
+    if size and hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise OSError(errno.ENOSPC, f"not enough disk space for {size:,} bytes",
+                              str(path)) from None
+            # EOPNOTSUPP/EINVAL: the file system cannot preallocate; the sparse file works
+
+
+def chunk_grid(shape: tuple[int, ...], itemsize: int) -> BlockGrid | None:
+    """The HDF5 chunk layout for ``shape``: about :data:`CHUNK_BYTES` per chunk, C-contiguous."""
+    if not shape or math.prod(shape) == 0:
+        return None
+    return BlockGrid.fit(shape, itemsize, CHUNK_BYTES)
+
+
+class Hdf5Output(Output):
+    """One dataset of an HDF5 file; each block is written into it as it completes."""
+
+    def __init__(self, part: Path, dataset: str, shape: tuple[int, ...], dtype: np.dtype[Any],
+                 file: h5py.File):
+        super().__init__(part, shape, dtype)
+        self.dataset = dataset
+        self._file: h5py.File | None = file
+
+    @classmethod
+    def create(
+        cls,
+        part: Path,
+        dataset: str,
+        shape: tuple[int, ...],
+        dtype: np.dtype[Any],
+        *,
+        compression: str | None = None,
+        attrs: dict[str, Any] | None = None,
+    ) -> Hdf5Output:
+        if compression is not None and compression not in COMPRESSIONS:
+            raise UsageError(f"compression must be one of {COMPRESSIONS} or none, "
+                             f"got {compression!r}")
+        grid = chunk_grid(shape, dtype.itemsize)
+        chunks = grid.block_shape(0) if grid is not None else None
+        file = h5py.File(part, "w")
+        try:
+            ds = file.create_dataset(
+                dataset, shape=shape, dtype=dtype, chunks=chunks,
+                compression=compression if chunks else None,
+            )
+            for key, value in (attrs or {}).items():
+                ds.attrs[key] = value
+            file.flush()
+        except BaseException:
+            file.close()
+            raise
+        return cls(part, dataset, shape, dtype, file)
+
+    @classmethod
+    def reopen(cls, part: Path, dataset: str, shape: tuple[int, ...],
+               dtype: np.dtype[Any]) -> Hdf5Output:
+        """Continue a ``.part`` file (raises :class:`OSError` if it cannot be used)."""
+        file = h5py.File(part, "r+")
+        out = cls(part, dataset, shape, dtype, file)
+        try:
+            out.verify()
+        except BaseException:
+            out.close()
+            raise
+        return out
+
+    @property
+    def file(self) -> h5py.File:
+        if self._file is None:
+            raise OSError(f"{self.part} is closed")
+        return self._file
+
+    def buffer(self, grid: BlockGrid, block: int) -> np.ndarray[Any, Any]:
+        return np.empty(grid.block_shape(block), dtype=self.dtype)
+
+    def commit(self, grid: BlockGrid, block: int, buf: np.ndarray[Any, Any]) -> None:
+        self.file[self.dataset][grid.region(block)] = buf
+        self.file.flush()
+        handle = self.file.id.get_vfd_handle()
+        if isinstance(handle, int):
+            os.fsync(handle)
+
+    def verify(self) -> None:
+        node = self.file.get(self.dataset)
+        if not isinstance(node, h5py.Dataset):
+            raise OSError(f"{self.part} has no dataset {self.dataset!r}")
+        if node.shape != self.shape or node.dtype != self.dtype:
+            raise OSError(f"{self.part}:{self.dataset} holds {node.shape} {node.dtype}, "
+                          f"expected {self.shape} {self.dtype}")
+
+    def close(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(Exception):
+                self._file.close()
+            self._file = None
+
+
+def existing_output_mismatch(
+    path: Path,
+    fmt: str,
+    shape: tuple[int, ...],
+    dtype: np.dtype[Any],
+    *,
+    dataset: str | None = None,
+    attrs: dict[str, Any] | None = None,
+) -> str | None:
+    """Why the finished file ``path`` is not this download (``None``: it is).
+
+    A ``.npy`` file matches on shape and dtype; an HDF5 file also on the source
+    attributes (uniq, path, selection) recorded when it was written.
+    """
+    try:
+        if fmt == "npy":
+            got_shape, got_dtype, fortran, _ = _npy_header(path)
+            if fortran:
+                return "it is in Fortran order"
+        else:
+            with h5py.File(path, "r") as f:
+                node = f.get(dataset or "")
+                if not isinstance(node, h5py.Dataset):
+                    return f"it has no dataset {dataset!r}"
+                got_shape, got_dtype = node.shape, node.dtype
+                for key, want in (attrs or {}).items():
+                    have = node.attrs.get(key)
+                    if isinstance(have, bytes):
+                        have = have.decode("utf-8", "replace")
+                    if have != want:
+                        return f"its {key!r} attribute is {have!r}, not {want!r}"
+    except (OSError, ValueError) as exc:
+        return f"it cannot be read ({exc})"
+    if tuple(got_shape) != shape or got_dtype != dtype:
+        return f"it holds {tuple(got_shape)} {got_dtype}, this download is {shape} {dtype}"
+    return None
+
+
+def json_attr(value: Any) -> str:
+    """A JSON text for an HDF5 attribute (``meta`` may nest lists and objects)."""
+    return json.dumps(value, sort_keys=True, default=str)
