@@ -119,6 +119,11 @@ class Row:
         return self._median(lambda r: _measured(r).cpu_seconds / (self.sample.nbytes / GiB))
 
     @property
+    def faults_per_gib(self) -> float | None:
+        """Minor page faults per GiB during the download (fresh memory touched)."""
+        return self._median(lambda r: _measured(r).page_faults / (self.sample.nbytes / GiB))
+
+    @property
     def alloc_cpu_per_gib(self) -> float | None:
         """CPU s/GiB to allocate and fill a fresh array of this size in the child."""
         return self._median(lambda r: _floor(r).cpu_seconds / (self.sample.nbytes / GiB))
@@ -236,5 +241,5 @@ def _describe(scenario: Scenario, run: Run) -> str:
     m = run.outcome.measured
     verdict = {True: "exact", None: "bytes ok", False: "MISMATCH"}[run.exact]
     return (f"{head} {m.seconds:7.2f} s  cpu {m.cpu_seconds:6.2f} s  "
-            f"rss +{m.rss_growth / 2**20:7.1f} MiB  {run.requests:4d} req  "
+            f"faults {m.page_faults:6d}  rss +{m.rss_growth / 2**20:7.1f} MiB  {run.requests:4d} req  "
             f"{run.retries:3d} retries  {verdict}")

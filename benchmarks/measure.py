@@ -2,7 +2,8 @@
 
 The block runs in a process of its own (see :mod:`benchmarks.contenders`), so everything the
 process does in it is the contender's: CPU is the process's user + system time (all threads,
-decode workers included), and memory is the rise of the resident set's high-water mark above
+decode workers included), page faults are the minor faults (first touches of fresh memory,
+a large share of a download's system time), and memory is the rise of the resident set's high-water mark above
 the resident set at the start of the block.
 
 On Linux the high-water mark is reset to the current RSS at the start (writing ``5`` to
@@ -14,7 +15,6 @@ sets a new peak (it does for downloads, which allocate the whole array).
 from __future__ import annotations
 
 import gc
-import os
 import resource
 import sys
 import time
@@ -52,9 +52,8 @@ def _reset_high_water_mark() -> bool:
     return True
 
 
-def _cpu() -> float:
-    t = os.times()
-    return t.user + t.system
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 @dataclass
@@ -66,6 +65,7 @@ class Measured:
     rss_base: int = 0
     rss_growth: int = 0
     exact_peak: bool = False  # the high-water mark was reset at the start
+    page_faults: int = 0  # minor page faults (first touches of memory) during the block
 
 
 class measure:  # lower case: used like a function, ``with measure() as m:``
@@ -82,13 +82,15 @@ class measure:  # lower case: used like a function, ``with measure() as m:``
         self._t0 = 0.0
         self._cpu0 = 0.0
         self._maxrss0 = 0
+        self._faults0 = 0
 
     def __enter__(self) -> Measured:
         gc.collect()  # leftovers of setup must not be freed (or counted) during the block
         self.result.exact_peak = _reset_high_water_mark()
         self.result.rss_base = _status_bytes("VmRSS") or _maxrss_bytes()
         self._maxrss0 = _maxrss_bytes()
-        self._cpu0 = _cpu()
+        self._faults0 = _minor_faults()
+        self._cpu0 = time.process_time()  # all threads, user + system, ns resolution
         self._t0 = time.perf_counter()
         return self.result
 
@@ -100,7 +102,8 @@ class measure:  # lower case: used like a function, ``with measure() as m:``
     ) -> None:
         r = self.result
         r.seconds = time.perf_counter() - self._t0
-        r.cpu_seconds = _cpu() - self._cpu0
+        r.cpu_seconds = time.process_time() - self._cpu0
+        r.page_faults = _minor_faults() - self._faults0
         peak = _status_bytes("VmHWM") if r.exact_peak else None
         if peak is None:
             peak = max(_maxrss_bytes(), self._maxrss0)

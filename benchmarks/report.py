@@ -210,7 +210,7 @@ def results_section(rows: Sequence[Row], *, repeat: int, conditions_lines: Seque
             "Seconds: the download alone (setup and imports excluded). *Of link limit*: "
             "`latency + bytes / shared bandwidth` divided by the seconds. Requests and retries "
             "as counted by the server. CPU: the client process's user + system time during the "
-            "download, per GiB; *alloc*: the same process allocating and filling a fresh array of that size afterwards (the page faults any client returning a new array pays and the sink does not). RSS growth: peak resident memory above the level before the "
+            "download, per GiB; *alloc*: the same process allocating and filling a fresh array of that size afterwards (the page faults any client returning a new array pays and the sink does not); *k faults/GiB*: thousands of minor page faults (first touches of fresh memory) per GiB during the download. RSS growth: peak resident memory above the level before the "
             "download, as a multiple of the array. *bytes*: the raw sink checks byte counts "
             "only.", ""]
     lines = []
@@ -222,12 +222,32 @@ def results_section(rows: Sequence[Row], *, repeat: int, conditions_lines: Seque
             _fmt(row.of_link_limit, ".0%"), _fmt(row.requests, ".0f"),
             _fmt(row.retries, ".0f"), _fmt(row.cpu_per_gib, ".2f"),
             _fmt(row.alloc_cpu_per_gib, ".2f"),
+            _fmt(None if row.faults_per_gib is None else row.faults_per_gib / 1000, ".1f"),
             _fmt(row.rss_growth, ".2f", "x"), row.exact,
         ))
     out += _table(("scenario", "array", "contender", "seconds", "MB/s", "of link limit",
-                   "requests", "retries", "CPU s/GiB", "alloc CPU s/GiB", "RSS growth",
+                   "requests", "retries", "CPU s/GiB", "alloc CPU s/GiB", "k faults/GiB", "RSS growth",
                    "exact"), lines)
     out += ["", "Contenders: " + "; ".join(f"`{k}`: {v}" for k, v in CONTENDERS.items()) + "."]
+    faulty = [row for row in rows if row.scenario.faults.error_rate or
+              row.scenario.faults.throttle_rate or row.scenario.faults.reset_rate]
+    if faulty:
+        out += ["", "### Faulty runs one by one", "",
+                "Each repeat uses another fault seed. A 429 asks the client to wait "
+                "`Retry-After` seconds, which a well-behaved client must honour.", ""]
+        per_run: list[tuple[str, ...]] = []
+        for row in faulty:
+            limit = row.scenario.link_limit()
+            for r in row.runs:
+                secs = r.outcome.measured.seconds if r.outcome else None
+                injected = ", ".join(f"{n} {k}" for k, n in sorted(r.faults.items())
+                                     if k != "latency") or "none"
+                per_run.append((row.scenario.name, row.entrant.label, str(r.repeat),
+                              _fmt(secs, ".2f"), _fmt(_ratio(limit, secs), ".0%"),
+                              str(r.requests), injected,
+                              {True: "yes", None: "bytes", False: "NO"}[r.exact]))
+        out += _table(("scenario", "contender", "seed", "seconds", "of link limit",
+                       "requests", "faults injected", "exact"), per_run)
     errors = [f"- {row.scenario.name} / {row.entrant.label} #{r.repeat}: {r.error or 'mismatch'}"
               for row in rows for r in row.failed]
     if errors:
