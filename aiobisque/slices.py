@@ -79,8 +79,7 @@ def parse_slices(text: str) -> Index:
     """The index tuple written as numpy text; an empty text selects everything (``...``).
 
     Accepts integers (negative too), ``start:stop:step`` slices with any part omitted,
-    ``...``, and ``None`` / ``np.newaxis`` / ``newaxis``, separated by commas, optionally
-    inside one pair of square brackets. Raises :class:`~aiobisque.SelectionError` naming
+    ``...``, and ``None`` / ``np.newaxis`` / ``newaxis``, separated by commas. Raises :class:`~aiobisque.SelectionError` naming
     what could not be read.
     """
     if not isinstance(text, str):
@@ -90,8 +89,6 @@ def parse_slices(text: str) -> Index:
         raise _bad(text[:40] + "...", f"longer than {_MAX_TEXT} characters")
     if "\n" in body or "\r" in body:
         raise _bad(text, "it spans several lines")
-    if body.startswith("[") and body.endswith("]"):
-        body = body[1:-1].strip()
     if not body:
         return (Ellipsis,)
     source = f"_[{body}]"
