@@ -1,0 +1,207 @@
+"""The command line as real processes: kill -9 and resume, Ctrl-C, bounded memory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import aiobisque
+from aiobisque.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, main
+from aiobisque.server import FaultPlan, TableServer, samples, serve_in_thread
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="POSIX signals, /proc")
+
+PASSWORD = "pr0cess-Pa55-word"
+REPO = Path(aiobisque.__file__).resolve().parents[1]
+#: 4 MiB volume: 64 requests of 64 KiB, 16 blocks of 256 KiB
+SMALL_ARGS = ["--request-mb", "0.0625", "--block-mb", "0.25", "--concurrency", "4",
+              "--no-progress"]
+#: the memory test's array is several times the in-flight budget of 4 MiB
+BIG_SHAPE = (256, 256, 256)  # float32: 64 MiB
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cli-process")
+    samples.write_array(path, "vol", "volume", (256, 64, 64), dtype="float32", seed=4)
+    samples.write_array(path, "big", "volume", BIG_SHAPE, dtype="float32", seed=5)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(folder: Path) -> Iterator[TableServer]:
+    with serve_in_thread(folder, users={"carol": PASSWORD}) as srv:
+        yield srv
+
+
+@pytest.fixture(autouse=True)
+def environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("BISQUE_PASSWORD", PASSWORD)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.delenv("BISQUE_ROOT", raising=False)
+
+
+def child_env() -> dict[str, str]:
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{path}" if path else str(REPO)}
+
+
+def start(*argv: str | Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "aiobisque", *map(str, argv)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
+    )
+
+
+def journaled_blocks(output: Path) -> int:
+    journal = output.with_name(output.name + ".part.journal")
+    try:
+        return journal.read_bytes().count(b'{"block"')
+    except FileNotFoundError:
+        return 0
+
+
+def wait_for_blocks(proc: subprocess.Popen[str], output: Path, blocks: int) -> None:
+    deadline = time.monotonic() + 30
+    while journaled_blocks(output) < blocks:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the download made no progress"
+        time.sleep(0.02)
+
+
+def test_python_m_help() -> None:
+    done = subprocess.run([sys.executable, "-m", "aiobisque", "--help"], capture_output=True,
+                          text=True, env=child_env(), timeout=60)
+    assert done.returncode == 0 and "usage: aiobisque" in done.stdout
+    assert "download" in done.stdout and "exit status:" in done.stdout
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".h5"])
+def test_kill_9_then_resume(server: TableServer, folder: Path, tmp_path: Path,
+                            suffix: str, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / f"v{suffix}"
+    argv = ["download", server.root, "vol", "volume", "-o", out, "--user", "carol", *SMALL_ARGS]
+    server.faults = FaultPlan(latency=0.05)
+    try:
+        proc = start(*argv)
+        try:
+            wait_for_blocks(proc, out, 3)
+            with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
+                assert PASSWORD.encode() not in f.read()  # never in the process list
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.kill()
+            _, err = proc.communicate(timeout=30)
+        assert proc.returncode == -signal.SIGKILL and PASSWORD not in err
+    finally:
+        server.faults = FaultPlan()
+    assert not out.exists() and out.with_name(out.name + ".part").exists()
+    saved = journaled_blocks(out)
+
+    server.stats.reset()
+    assert main([str(a) for a in argv]) == EXIT_OK
+    resumed_requests = server.stats.requests["data"]
+    assert f"resumed with {saved}/16 blocks" in capsys.readouterr().out
+    assert 0 < resumed_requests <= 64 - 4 * saved  # 4 requests per saved block were not redone
+    want = samples.expected(samples.resource_file(folder, "vol"), "volume")
+    if suffix == ".npy":
+        got = np.load(out)
+    else:
+        with h5py.File(out, "r") as f:
+            got = f["volume"][()]
+    assert got.tobytes() == want.tobytes()
+    assert not out.with_name(out.name + ".part.journal").exists()
+
+
+def test_changed_remote_after_kill_is_detected(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    samples.write_array(remote, "vol", "volume", (256, 64, 64), dtype="float32", seed=4)
+    out = tmp_path / "v.npy"
+    with serve_in_thread(remote, users={"carol": PASSWORD},
+                         faults=FaultPlan(latency=0.05)) as server:
+        argv = ["download", server.root, "vol", "volume", "-o", out, "--user", "carol",
+                *SMALL_ARGS]
+        proc = start(*argv)
+        try:
+            wait_for_blocks(proc, out, 2)
+        finally:
+            proc.kill()
+            proc.communicate(timeout=30)
+        samples.write_array(remote, "vol", "volume", (128, 64, 64), dtype="int16", seed=6)
+        server.faults = FaultPlan()
+        assert main([str(a) for a in argv]) == EXIT_FAILED
+        err = capsys.readouterr().err
+        assert "the remote array vol/volume changed" in err
+        assert "(256, 64, 64) float32" in err and "(128, 64, 64) int16" in err
+        assert err.count("\n") == 1 and "rerun with --restart" in err
+        assert main([str(a) for a in argv] + ["--restart"]) == EXIT_OK
+    want = samples.expected(samples.resource_file(remote, "vol"), "volume")
+    assert np.array_equal(np.load(out), want)
+
+
+def test_ctrl_c_keeps_the_part_file(server: TableServer, tmp_path: Path) -> None:
+    out = tmp_path / "v.npy"
+    server.faults = FaultPlan(latency=0.05)
+    try:
+        proc = start("download", server.root, "vol", "volume", "-o", out, "--user", "carol",
+                     *SMALL_ARGS)
+        try:
+            wait_for_blocks(proc, out, 1)
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+    finally:
+        server.faults = FaultPlan()
+    assert proc.returncode == EXIT_INTERRUPTED
+    assert "interrupted; partial downloads are kept" in err and "Traceback" not in err
+    assert out.with_name("v.npy.part").exists() and journaled_blocks(out) >= 1
+
+
+# The resident size when the download starts and the process's peak, in KiB, from
+# /proc/self/status: unlike ru_maxrss, VmHWM is not inherited from the forking parent (here
+# pytest with the server and its data), so it measures this process alone.
+_MEASURE = """
+import re, sys
+from aiobisque.cli import main
+
+def status(field):
+    with open("/proc/self/status") as f:
+        return int(re.search(field + r":\\s+(\\d+) kB", f.read()).group(1))
+
+before = status("VmRSS")
+code = main(sys.argv[1:])
+print(code, before, status("VmHWM"))
+"""
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".h5"])
+def test_memory_stays_bounded(server: TableServer, folder: Path, tmp_path: Path,
+                              suffix: str) -> None:
+    """A 64 MiB download with a 4 MiB in-flight budget grows the process by far less."""
+    out = tmp_path / f"big{suffix}"
+    done = subprocess.run(
+        [sys.executable, "-c", _MEASURE, "download", server.root, "big", "volume", "-o",
+         str(out), "--user", "carol", "--request-mb", "1", "--inflight-mb", "4",
+         "--concurrency", "4", "--no-progress"],
+        capture_output=True, text=True, env=child_env(), timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    status, before, after = map(int, done.stdout.split()[-3:])
+    growth_mib = (after - before) / 1024
+    array_mib = np.prod(BIG_SHAPE) * 4 / 2**20
+    assert status == EXIT_OK
+    assert growth_mib < array_mib / 2, f"peak RSS grew by {growth_mib:.0f} MiB"
+    assert out.stat().st_size >= array_mib * 2**20
