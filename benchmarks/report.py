@@ -114,7 +114,7 @@ def targets(rows: Sequence[Row]) -> list[tuple[str, str, str]]:
             bq = _find(rows, "WAN", "bqapi")
             speedup = _ratio(bq.seconds if bq else None, wan.seconds)
             if speedup is not None:
-                out.append((f"WAN >= 8x faster than bqapi ({ours})", f"{speedup:.1f}x",
+                out.append((f"WAN >= 8x faster than bqapi ({ours})", f"{speedup:.2f}x",
                             verdict(speedup >= 8)))
         faulty = _find(rows, "Faulty WAN", ours)
         if faulty is not None and faulty.of_link_limit is not None:
@@ -180,7 +180,7 @@ def _headline(rows: Sequence[Row], repeat: int) -> list[str]:
         lines.append(
             f"- **WAN** ({wan.scenario.about}, {_size(wan.sample.nbytes)} float32): aiobisque "
             f"{wan.seconds:.2f} s = {wan.of_link_limit:.0%} of the link limit"
-            + (f", {speed:.1f}x faster than bqapi ({bq.seconds:.1f} s)" if speed and bq
+            + (f", {speed:.2f}x faster than bqapi ({bq.seconds:.1f} s)" if speed and bq
                and bq.seconds else "") + ".")
     faulty = _find(rows, "Faulty WAN", "aiobisque-asyncio")
     if faulty and faulty.seconds and faulty.of_link_limit is not None:
