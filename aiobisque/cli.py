@@ -161,7 +161,8 @@ def _add_download_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=_positive_int, default=4, metavar="N",
                    help="files downloaded at once with --from-list (default 4)")
     p.add_argument("--block-mb", type=_positive_float, metavar="M",
-                   help="MiB written per block (default: half the in-flight budget)")
+                   help="MiB per block, the unit that is synced, journaled and resumed "
+                        "(default: two requests, at least 1 MiB)")
     p.add_argument("--no-progress", action="store_true", help="no progress output")
     p.add_argument("--progress-interval", type=_positive_float, default=10.0, metavar="S",
                    help="seconds between progress lines when stderr is not a terminal")
