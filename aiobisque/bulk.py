@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from aiobisque.config import Config
-from aiobisque.download import DownloadStats, Progress, _run_all
+from aiobisque.download import DownloadStats, Progress, run_all
 from aiobisque.errors import (
     AuthenticationError,
     BisqueError,
@@ -550,7 +550,7 @@ class BulkDownloader:
                 await fetch(block)
 
         n_workers = min(self.blocks_in_flight, len(plans))
-        await _run_all([worker for _ in range(n_workers)])
+        await run_all([worker for _ in range(n_workers)])
 
     # -- many files -------------------------------------------------------------------
 

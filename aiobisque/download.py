@@ -24,7 +24,7 @@ from aiobisque.errors import BisqueError, DownloadError
 from aiobisque.fetch import RetryBudget, Transport, retrying
 from aiobisque.plan import Plan, Request
 
-__all__ = ["DownloadStats", "Progress", "ProgressCallback", "run_plan"]
+__all__ = ["DownloadStats", "Progress", "ProgressCallback", "run_all", "run_plan"]
 
 #: Room allowed for an HDF5 image's metadata around the payload it carries.
 _HEADER_ALLOWANCE = 1024 * 1024
@@ -168,7 +168,8 @@ async def run_plan(
                 md5 = resp.headers.get("Content-MD5") or resp.headers.get("x-content-md5")
                 if md5 and config.verify_checksum:
                     check_md5(resp.body, md5, what)
-                dest = out_core[req.out_sel]
+                view_index: tuple[Any, ...] = (*req.out_sel, Ellipsis)  # a view, even 0-d
+                dest = out_core[view_index]
                 fut = loop.run_in_executor(
                     executor,
                     lambda: decode_into(resp.body, shape=req.chunk_shape, dtype=dtype,
@@ -202,7 +203,7 @@ async def run_plan(
 
     n_workers = min(config.concurrency, len(plan))
     try:
-        await _run_all([worker for _ in range(n_workers)])
+        await run_all([worker for _ in range(n_workers)])
     finally:
         stats.seconds = time.perf_counter() - started
         stats.peak_in_flight = max(stats.peak_in_flight, transport.limiter.peak)
@@ -211,7 +212,7 @@ async def run_plan(
     return stats
 
 
-async def _run_all(workers: list[Callable[[], Any]]) -> None:
+async def run_all(workers: list[Callable[[], Any]]) -> None:
     """Run coroutines concurrently; on the first failure cancel the rest and raise it.
 
     Whatever happens (failure, cancellation of the caller) every task has finished when
@@ -226,8 +227,9 @@ async def _run_all(workers: list[Callable[[], Any]]) -> None:
         for t in tasks:
             t.cancel()
         await asyncio.wait(tasks)
-    for t in tasks:
-        if t.done() and not t.cancelled():
-            error = t.exception()
-            if error is not None:
-                raise error
+        # retrieve every task's exception (two workers may fail together, or fail while the
+        # caller is being cancelled), so none is reported as "never retrieved"
+        errors = [t.exception() for t in tasks if not t.cancelled()]
+    first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise first

@@ -158,7 +158,8 @@ class RemoteArray:
         else:
             result = _check_out(out, sel.shape, self.dtype)
         plan = make_plan(sel, self.dtype.itemsize, cfg.request_bytes)
-        core = result[sel.result_to_core()]
+        # the trailing Ellipsis keeps this a view even for 0-d results (not a scalar copy)
+        core = result[(*sel.result_to_core(), Ellipsis)]
         where = f"{self.info.uniq}/{self.info.path}"
         try:
             await run_plan(

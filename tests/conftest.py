@@ -38,6 +38,7 @@ def write_samples(folder: Path) -> None:
     samples.write_seed(folder)
     samples.write_array(folder, "vol", "volume", (40, 30, 20), dtype="float32", seed=1)
     samples.write_array(folder, "vol", "stack/labels", (7, 11), dtype="uint16", seed=2)
+    samples.write_array(folder, "vol", "scalar", np.array(2.5, dtype=">f8"))
     for i, dt in enumerate(DTYPES):
         ndim = 1 + i % 5
         shape = (6, 5, 4, 3, 2)[:ndim]

@@ -287,8 +287,6 @@ async def test_all_integer_selection(session: BisqueSession, folder: Path, tmp_p
     assert np.load(tmp_path / "s.npy") == expected(folder, "vol", "volume")[3, -2, 7]
 
 
-@pytest.mark.xfail(strict=True, reason="core: RemoteArray.read of a 0-d array fails "
-                   "(table.py indexes the result with () and gets a scalar, not a view)")
 async def test_scalar_source(session: BisqueSession, tmp_path: Path) -> None:
     await BulkDownloader(session.table).download(Target("vol", "scalar", tmp_path / "s.npy"))
     assert np.load(tmp_path / "s.npy") == 3.5

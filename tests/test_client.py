@@ -78,6 +78,15 @@ async def test_remote_array_numpy_semantics(bq: BisqueSession, data_dir: Path) -
         np.testing.assert_array_equal(got, full[index])
 
 
+async def test_zero_dimensional_array(bq: BisqueSession) -> None:
+    arr = await bq.table.open("vol", "scalar")
+    assert arr.shape == () and arr.ndim == 0
+    got = await arr.read()
+    assert got.shape == () and got.dtype == np.float64 and got[()] == 2.5
+    out = np.zeros((), np.float64)
+    assert await arr.read(out=out) is out and out[()] == 2.5
+
+
 async def test_empty_selection_sends_no_request(bq: BisqueSession, server: TableServer) -> None:
     arr = await bq.table.open("vol", "volume")
     before = server.stats.requests["data"]
