@@ -28,7 +28,13 @@ import numpy as np
 
 from aiobisque.errors import ProtocolError
 
-__all__ = ["HDF5_SIGNATURE", "BodyIncompleteError", "check_md5", "decode_into"]
+__all__ = [
+    "HDF5_SIGNATURE",
+    "BodyIncompleteError",
+    "StreamDecoder",
+    "check_md5",
+    "decode_into",
+]
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -92,7 +98,10 @@ def _same_type(got: np.dtype[Any], want: np.dtype[Any]) -> bool:
 
 def check_md5(body: bytes | bytearray | memoryview, header: str, where: str) -> None:
     """Verify a ``Content-MD5`` (base64) or ``x-content-md5`` (hex) header."""
-    digest = hashlib.md5(body, usedforsecurity=False).digest()
+    _compare_md5(hashlib.md5(body, usedforsecurity=False).digest(), header, where)
+
+
+def _compare_md5(digest: bytes, header: str, where: str) -> None:
     value = header.strip()
     try:
         expected = (
@@ -102,6 +111,63 @@ def check_md5(body: bytes | bytearray | memoryview, header: str, where: str) -> 
         raise ProtocolError(f"{where}: malformed MD5 header {value!r}") from None
     if digest != expected:
         raise BodyIncompleteError(f"{where}: body does not match its MD5 checksum")
+
+
+def _signature(view: memoryview, where: str) -> None:
+    if bytes(view[:8]) != HDF5_SIGNATURE:
+        head = bytes(view[:60]).decode("utf-8", "replace")
+        if not view:
+            raise BodyIncompleteError(f"{where}: empty body")
+        raise ProtocolError(
+            f"{where}: the body is not an HDF5 image (starts with {head!r}); "
+            "a login page or a proxy error page?"
+        )
+
+
+def _inspect(
+    f: h5py.File, shape: tuple[int, ...], dtype: np.dtype[Any], where: str
+) -> tuple[h5py.Dataset, np.dtype[Any], int | None]:
+    """Structure checks of an opened image: ``(dataset, file dtype, raw data offset)``.
+
+    The offset is ``None`` unless the layout is contiguous with storage allocated.
+    """
+    names = list(f.keys())
+    if names != ["array"]:
+        raise ProtocolError(
+            f"{where}: expected exactly one dataset '/array' in the body, found {names}"
+        )
+    link = f.get("array", getlink=True)
+    if not isinstance(link, h5py.HardLink):
+        raise ProtocolError(f"{where}: '/array' is a {type(link).__name__}, not a dataset")
+    ds = f["array"]
+    if not isinstance(ds, h5py.Dataset):
+        raise ProtocolError(f"{where}: '/array' is not a dataset")
+    dcpl = ds.id.get_create_plist()
+    layout = dcpl.get_layout()
+    if layout == h5py.h5d.VIRTUAL:
+        raise ProtocolError(f"{where}: virtual datasets are refused (they read local files)")
+    if dcpl.get_external_count() > 0:
+        raise ProtocolError(f"{where}: external storage is refused (it reads local files)")
+    if tuple(ds.shape) != tuple(shape):
+        raise ProtocolError(
+            f"{where}: the server sent shape {tuple(ds.shape)}, planned {tuple(shape)}"
+        )
+    file_dtype = ds.dtype
+    if not _same_type(file_dtype, dtype):
+        raise ProtocolError(f"{where}: the server sent type {file_dtype}, expected {dtype}")
+    if layout != h5py.h5d.CONTIGUOUS:
+        return ds, file_dtype, None
+    offset = ds.id.get_offset()
+    if offset is not None and ds.id.get_storage_size() != math.prod(shape) * file_dtype.itemsize:
+        raise ProtocolError(f"{where}: dataset storage size does not match its shape")
+    return ds, file_dtype, offset
+
+
+def _open(source: io.RawIOBase, where: str) -> h5py.File:
+    try:
+        return h5py.File(source, "r")
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise BodyIncompleteError(f"{where}: unreadable HDF5 image ({exc})") from None
 
 
 def decode_into(
@@ -119,48 +185,11 @@ def decode_into(
     body the protocol does not allow and :class:`BodyIncompleteError` for one cut short.
     """
     view = memoryview(body).cast("B")
-    if bytes(view[:8]) != HDF5_SIGNATURE:
-        head = bytes(view[:60]).decode("utf-8", "replace")
-        if not view:
-            raise BodyIncompleteError(f"{where}: empty body")
-        raise ProtocolError(
-            f"{where}: the body is not an HDF5 image (starts with {head!r}); "
-            "a login page or a proxy error page?"
-        )
-    try:
-        f = h5py.File(_MemoryFile(view), "r")
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise BodyIncompleteError(f"{where}: unreadable HDF5 image ({exc})") from None
-    with f:
-        names = list(f.keys())
-        if names != ["array"]:
-            raise ProtocolError(
-                f"{where}: expected exactly one dataset '/array' in the body, found {names}"
-            )
-        link = f.get("array", getlink=True)
-        if not isinstance(link, h5py.HardLink):
-            raise ProtocolError(f"{where}: '/array' is a {type(link).__name__}, not a dataset")
-        ds = f["array"]
-        if not isinstance(ds, h5py.Dataset):
-            raise ProtocolError(f"{where}: '/array' is not a dataset")
-        dcpl = ds.id.get_create_plist()
-        layout = dcpl.get_layout()
-        if layout == h5py.h5d.VIRTUAL:
-            raise ProtocolError(f"{where}: virtual datasets are refused (they read local files)")
-        if dcpl.get_external_count() > 0:
-            raise ProtocolError(f"{where}: external storage is refused (it reads local files)")
-        if tuple(ds.shape) != tuple(shape):
-            raise ProtocolError(
-                f"{where}: the server sent shape {tuple(ds.shape)}, planned {tuple(shape)}"
-            )
-        file_dtype = ds.dtype
-        if not _same_type(file_dtype, dtype):
-            raise ProtocolError(f"{where}: the server sent type {file_dtype}, expected {dtype}")
+    _signature(view, where)
+    with _open(_MemoryFile(view), where) as f:
+        ds, file_dtype, offset = _inspect(f, shape, dtype, where)
         nbytes = math.prod(shape) * file_dtype.itemsize
-        offset = ds.id.get_offset() if layout == h5py.h5d.CONTIGUOUS else None
         if offset is not None:
-            if ds.id.get_storage_size() != nbytes:
-                raise ProtocolError(f"{where}: dataset storage size does not match its shape")
             if offset + nbytes > len(view):
                 raise BodyIncompleteError(
                     f"{where}: body cut short ({len(view):,} bytes, data ends at "
@@ -170,8 +199,174 @@ def decode_into(
             chunk = chunk.reshape(shape)
         else:
             try:
-                chunk = ds[()] if shape else np.asarray(ds[()])
+                chunk = np.asarray(ds[()], dtype=file_dtype).reshape(shape)
             except (OSError, ValueError, RuntimeError) as exc:
                 raise BodyIncompleteError(f"{where}: cannot read the HDF5 data ({exc})") from None
-            chunk = np.asarray(chunk, dtype=file_dtype).reshape(shape)
     np.copyto(dest, chunk[chunk_sel], casting="same_kind")
+
+
+class _SparseFile(_MemoryFile):
+    """An image of which only a head (at 0) and a tail (at ``tail_at``) are known.
+
+    Everything else reads as zeros. Used to read an image's metadata without its data.
+    """
+
+    def __init__(self, head: bytes | bytearray, tail: bytes | bytearray, tail_at: int,
+                 total: int):
+        super().__init__(b"")
+        self._head = memoryview(head).cast("B")
+        self._tail = memoryview(tail).cast("B")
+        self._tail_at = tail_at
+        self._total = total
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._total}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, b: Any) -> int:
+        target = memoryview(b).cast("B")
+        n = max(0, min(len(target), self._total - self._pos))
+        target[:n] = bytes(n)
+        for part, at in ((self._head, 0), (self._tail, self._tail_at)):
+            lo, hi = max(self._pos, at), min(self._pos + n, at + len(part))
+            if lo < hi:
+                target[lo - self._pos : hi - self._pos] = part[lo - at : hi - at]
+        self._pos += n
+        return n
+
+
+class StreamDecoder:
+    """Decodes one ``format:hdf`` body while it arrives, copying the data straight to ``dest``.
+
+    BisQue's images are contiguous, so once the metadata at the start of the body has been
+    read (and checked: one dataset, planned shape and type, no external storage), every
+    later byte of the data region is copied once, from the network buffer into the output.
+    No body-sized buffer is allocated. When the bytes cannot land as they are (a strided or
+    flipped selection, another byte order or type, a chunked image, no ``Content-Length``)
+    it falls back to buffering the body and :func:`decode_into`.
+
+    Protocol for the transport: :meth:`start` with the announced length and headers,
+    :meth:`feed` for each piece, then :meth:`finish` (may run in a worker thread).
+    """
+
+    _PROBES = (16 * 1024, 64 * 1024, 256 * 1024, 1024 * 1024)
+
+    def __init__(self, *, shape: tuple[int, ...], dtype: np.dtype[Any],
+                 dest: np.ndarray[Any, Any], chunk_sel: tuple[slice, ...], where: str,
+                 verify_checksum: bool = True):
+        self.shape, self.dtype, self.dest, self.chunk_sel = shape, dtype, dest, chunk_sel
+        self.where = where
+        self.nbytes = math.prod(shape) * dtype.itemsize
+        self._verify = verify_checksum
+        whole = all(s == slice(None) for s in chunk_sel)
+        self._target: memoryview | None = None
+        if whole and dest.shape == shape and dest.flags.c_contiguous and dest.size:
+            self._target = dest.reshape(-1).view(np.uint8).data.cast("B")
+        self.mode = "probe"
+        self.head = bytearray()  # the body before the data region (the whole body if buffering)
+        self.tail = bytearray()  # the body after the data region
+        self.offset = 0
+        self.received = 0
+        self.length: int | None = None
+        self._probe_at = 0
+        self._md5: Any = None
+        self._md5_header = ""
+
+    def start(self, length: int | None, headers: Any) -> None:
+        self.length = length
+        self._md5_header = headers.get("Content-MD5") or headers.get("x-content-md5") or ""
+        if self._md5_header and self._verify:
+            self._md5 = hashlib.md5(usedforsecurity=False)
+        if length is None or self._target is None:
+            self.mode = "buffer"
+            if length is not None:
+                self.head = bytearray(length)
+
+    def feed(self, piece: bytes) -> None:
+        at = self.received
+        self.received += len(piece)
+        if self._md5 is not None:
+            self._md5.update(piece)
+        if self.mode == "buffer":
+            if self.length is not None:
+                self.head[at : self.received] = piece
+            else:
+                self.head += piece
+        elif self.mode == "direct":
+            self._place(piece, at)
+        else:
+            self.head += piece
+            if len(self.head) >= self._PROBES[self._probe_at] or self.received == self.length:
+                self._probe()
+
+    def _probe(self) -> None:
+        """Try to read the metadata from what has arrived; switch modes accordingly."""
+        assert self.length is not None and self._target is not None
+        offset = None
+        if bytes(self.head[:8]) == HDF5_SIGNATURE:
+            try:
+                with h5py.File(_SparseFile(self.head, b"", 0, self.length), "r") as f:
+                    _, file_dtype, offset = _inspect(f, self.shape, self.dtype, self.where)
+            except Exception:  # metadata not all here yet (or a bad image: judged in full)
+                offset = None
+            else:
+                if file_dtype != self.dest.dtype or (
+                    offset is not None and offset + self.nbytes > self.length
+                ):
+                    offset = None  # needs conversion, or inconsistent: the careful path
+                    self._probe_at = len(self._PROBES)
+        if offset is None:
+            self._probe_at += 1
+            if self._probe_at >= len(self._PROBES) or self.received == self.length:
+                self._to_buffer()
+            return
+        self.mode, self.offset = "direct", offset
+        early = bytes(self.head[offset:])
+        del self.head[offset:]
+        if early:
+            self._place(early, offset)
+
+    def _to_buffer(self) -> None:
+        assert self.length is not None
+        buf = bytearray(self.length)
+        buf[: len(self.head)] = self.head
+        self.head = buf
+        self.mode = "buffer"
+
+    def _place(self, piece: bytes, at: int) -> None:
+        """Route a piece received at body offset ``at`` to head, output or tail."""
+        assert self._target is not None
+        end = at + len(piece)
+        lo, hi = self.offset, self.offset + self.nbytes
+        view = memoryview(piece)
+        if at < lo:
+            self.head += view[: min(end, lo) - at]
+        a, b = max(at, lo), min(end, hi)
+        if a < b:
+            self._target[a - lo : b - lo] = view[a - at : b - at]
+        if end > hi:
+            self.tail += view[max(at, hi) - at :]
+
+    def finish(self) -> None:
+        """Check the whole body and complete the output (may run in a worker thread)."""
+        if self._md5 is not None:
+            _compare_md5(self._md5.digest(), self._md5_header, self.where)
+        if self.mode == "probe" and self.length is not None:
+            self._to_buffer()
+        if self.mode != "direct":
+            body = self.head if self.length is None else memoryview(self.head)[: self.received]
+            decode_into(body, shape=self.shape, dtype=self.dtype, dest=self.dest,
+                        chunk_sel=self.chunk_sel, where=self.where)
+            return
+        assert self.length is not None
+        if self.received < self.offset + self.nbytes:
+            raise BodyIncompleteError(
+                f"{self.where}: body cut short ({self.received:,} bytes, data ends at "
+                f"{self.offset + self.nbytes:,})")
+        # the same checks again, now with every byte of metadata (the data region as zeros)
+        sparse = _SparseFile(self.head, self.tail, self.offset + self.nbytes, self.length)
+        with _open(sparse, self.where) as f:
+            _, file_dtype, offset = _inspect(f, self.shape, self.dtype, self.where)
+        if offset != self.offset or file_dtype != self.dest.dtype:
+            raise ProtocolError(f"{self.where}: the image's metadata contradicts itself")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from aiobisque.config import Config
-from aiobisque.decode import check_md5, decode_into
+from aiobisque.decode import StreamDecoder
 from aiobisque.errors import BisqueError, DownloadError
 from aiobisque.fetch import RetryBudget, Transport, retrying
 from aiobisque.plan import Plan, Request
@@ -158,23 +158,19 @@ async def run_plan(
             received = 0
             held = await transport.bytes.acquire(req.nbytes)
             try:
-                resp = await transport.get(
+                view_index: tuple[Any, ...] = (*req.out_sel, Ellipsis)  # a view, even 0-d
+                decoder = StreamDecoder(shape=req.chunk_shape, dtype=dtype,
+                                        dest=out_core[view_index], chunk_sel=req.chunk_sel,
+                                        where=what, verify_checksum=config.verify_checksum)
+                await transport.get(
                     url,
                     what=what,
                     max_body=req.nbytes + _HEADER_ALLOWANCE,
+                    sink=decoder,
                     on_bytes=on_bytes,
                     config=config,
                 )
-                md5 = resp.headers.get("Content-MD5") or resp.headers.get("x-content-md5")
-                if md5 and config.verify_checksum:
-                    check_md5(resp.body, md5, what)
-                view_index: tuple[Any, ...] = (*req.out_sel, Ellipsis)  # a view, even 0-d
-                dest = out_core[view_index]
-                fut = loop.run_in_executor(
-                    executor,
-                    lambda: decode_into(resp.body, shape=req.chunk_shape, dtype=dtype,
-                                        dest=dest, chunk_sel=req.chunk_sel, where=what),
-                )
+                fut = loop.run_in_executor(executor, decoder.finish)
                 try:
                     await asyncio.shield(fut)
                 except asyncio.CancelledError:

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -55,7 +55,16 @@ from aiobisque.errors import (
 )
 from aiobisque.protocol import redact_url
 
-__all__ = ["ByteBudget", "Limiter", "Response", "RetryBudget", "Transport", "retrying"]
+__all__ = [
+    "BodySink",
+    "BufferSink",
+    "ByteBudget",
+    "Limiter",
+    "Response",
+    "RetryBudget",
+    "Transport",
+    "retrying",
+]
 
 log = logging.getLogger("aiobisque")
 
@@ -237,12 +246,39 @@ def _is_congestion(exc: BaseException) -> bool:
     )
 
 
+class BodySink(Protocol):
+    """Receives a response body as it arrives (see :class:`~aiobisque.decode.StreamDecoder`)."""
+
+    def start(self, length: int | None, headers: Any) -> None: ...
+
+    def feed(self, piece: bytes) -> None: ...
+
+
+class BufferSink:
+    """Collects a body into one buffer, sized from ``Content-Length`` when announced."""
+
+    def __init__(self) -> None:
+        self.body = bytearray()
+        self._at = 0
+        self._sized = False
+
+    def start(self, length: int | None, headers: Any) -> None:
+        self._sized = length is not None
+        self.body = bytearray(length or 0)
+
+    def feed(self, piece: bytes) -> None:
+        if self._sized:
+            self.body[self._at : self._at + len(piece)] = piece
+            self._at += len(piece)
+        else:
+            self.body += piece
+
+
 @dataclass
 class Response:
-    """A completed response: status 200, the whole body, and its headers."""
+    """A completed response: status 200, its final URL and headers (the body went to a sink)."""
 
     url: str
-    body: bytearray
     headers: Any
 
 
@@ -279,10 +315,11 @@ class Transport:
         *,
         what: str,
         max_body: int,
+        sink: BodySink,
         on_bytes: Callable[[int], None] | None = None,
         config: Config | None = None,
     ) -> Response:
-        """One attempt: GET ``url`` under a limiter slot and read the whole body."""
+        """One attempt: GET ``url`` under a limiter slot, the whole body into ``sink``."""
         cfg = config or self.config
         await self.limiter.acquire()
         outcome = "error"
@@ -294,8 +331,8 @@ class Transport:
                     detail = await _short_text(resp)
                     raise status_error(resp.status, url, what, detail,
                                        resp.headers.get("Retry-After"))
-                body = await _read_body(resp, max_body, on_bytes, what, url)
-                result = Response(str(resp.url), body, resp.headers)
+                await _read_body(resp, max_body, sink, on_bytes, what, url)
+                result = Response(str(resp.url), resp.headers)
             finally:
                 resp.release()
             outcome = "ok"
@@ -361,47 +398,37 @@ async def _short_text(resp: aiohttp.ClientResponse) -> str:
 async def _read_body(
     resp: aiohttp.ClientResponse,
     max_body: int,
+    sink: BodySink,
     on_bytes: Callable[[int], None] | None,
     what: str,
     url: str,
-) -> bytearray:
+) -> None:
     encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
     length = None if encoded else resp.content_length
-    if length is not None:
-        if length > max_body:
-            raise ResponseTooLargeError(
-                f"{what}: the server announced {length:,} bytes, more than the "
-                f"{max_body:,} expected", url=redact_url(url))
-        buf = bytearray(length)
-        view = memoryview(buf)
-        pos = 0
-        while pos < length:
-            piece = await resp.content.readany()
-            if not piece:
-                break
-            n = len(piece)
-            if pos + n > length:
-                raise ProtocolError(f"{what}: body longer than its Content-Length",
-                                    url=redact_url(url))
-            view[pos : pos + n] = piece
-            pos += n
-            if on_bytes:
-                on_bytes(n)
-        if pos < length:
-            raise TransportError(f"{what}: body cut short ({pos:,} of {length:,} bytes)",
-                                 url=redact_url(url), transient=True)
-        return buf
-    buf = bytearray()
+    if length is not None and length > max_body:
+        raise ResponseTooLargeError(
+            f"{what}: the server announced {length:,} bytes, more than the "
+            f"{max_body:,} expected", url=redact_url(url))
+    sink.start(length, resp.headers)
+    received = 0
     while True:
         piece = await resp.content.readany()
         if not piece:
-            return buf
-        if len(buf) + len(piece) > max_body:
+            break
+        received += len(piece)
+        if length is not None and received > length:
+            raise ProtocolError(f"{what}: body longer than its Content-Length",
+                                url=redact_url(url))
+        if received > max_body:
+            # also bounds what a compressed body may inflate to
             raise ResponseTooLargeError(
                 f"{what}: body grew beyond the {max_body:,} bytes expected", url=redact_url(url))
-        buf += piece
+        sink.feed(piece)
         if on_bytes:
             on_bytes(len(piece))
+    if length is not None and received < length:
+        raise TransportError(f"{what}: body cut short ({received:,} of {length:,} bytes)",
+                             url=redact_url(url), transient=True)
 
 
 def _should_retry(policy: RetryPolicy, budget: RetryBudget | None) -> Callable[[BaseException],

@@ -20,7 +20,7 @@ from aiobisque.errors import (
     NotFoundError,
     UsageError,
 )
-from aiobisque.fetch import Transport, is_loopback, retrying
+from aiobisque.fetch import BufferSink, Transport, is_loopback, retrying
 from aiobisque.protocol import parse_services, parse_session_user, redact_url
 
 __all__ = ["BisqueSession", "MexToken"]
@@ -194,7 +194,9 @@ class BisqueSession:
         transport = self.transport
 
         async def attempt() -> bytearray:
-            return (await transport.get(url, what=what, max_body=_DOC_LIMIT, config=cfg)).body
+            sink = BufferSink()
+            await transport.get(url, what=what, max_body=_DOC_LIMIT, sink=sink, config=cfg)
+            return sink.body
 
         body, _ = await retrying(attempt, cfg.retry)
         return body

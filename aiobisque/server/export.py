@@ -153,13 +153,17 @@ def _contiguous_template(shape: tuple[int, ...], dtype: np.dtype[Any]) -> tuple[
         space = h5py.h5s.create_simple(shape) if shape else h5py.h5s.create(h5py.h5s.SCALAR)
         dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
         dcpl.set_layout(h5py.h5d.CONTIGUOUS)
-        # storage allocated at creation (so its offset is known) but never filled (so the
-        # sparse file never holds it)
-        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        # like PyTables' images, every byte of metadata comes before the raw data (clients
+        # may then stream the data as it arrives): attributes first, storage allocated last,
+        # and never filled (so the sparse file never holds it)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_LATE)
         dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
         dsid = h5py.h5d.create(h5.id, b"array", h5py.h5t.py_create(dtype), space, dcpl=dcpl)
         dataset = h5py.Dataset(dsid)
         _set_pytables_attrs(h5, dataset)
+        if math.prod(shape):
+            # one element written allocates the whole contiguous storage, after the metadata
+            dataset[(0,) * len(shape)] = np.zeros((), dtype)
         offset = dataset.id.get_offset()
     nbytes = math.prod(shape) * dtype.itemsize
     if offset is None:  # nothing allocated: an empty array
