@@ -127,3 +127,17 @@ def test_md5_is_checked_while_streaming() -> None:
     body = server_image(DATA)
     with pytest.raises(BodyIncompleteError, match="MD5"):
         feed(body, [1234], headers={"x-content-md5": "0" * 32})
+
+
+def test_metadata_checked_once_is_reused_only_for_the_same_question() -> None:
+    body = server_image(DATA)
+    feed(body, [30_000])
+    again, dest = feed(body, [30_000])
+    assert again.mode == "direct" and np.array_equal(dest, DATA)
+    # the same bytes asked for as int32 (cast into a float32 out=) must still be refused
+    dec = StreamDecoder(shape=DATA.shape, dtype=np.dtype("i4"), dest=np.zeros_like(DATA),
+                        chunk_sel=(slice(None),) * 3, where="test")
+    dec.start(len(body), {})
+    dec.feed(body)
+    with pytest.raises(ProtocolError, match="type"):
+        dec.finish()
