@@ -250,8 +250,11 @@ def client(thread_server: TableServer) -> Iterator[Client]:
         n_workers=2,
         threads_per_worker=2,
         processes=True,
-        dashboard_address=None,
-        worker_dashboard_address=None,
+        # dashboard_address=None would still bind the scheduler's HTTP server to
+        # 0.0.0.0:8787 and warn (an error here) when another cluster on the machine has it
+        dashboard_address="127.0.0.1:0",
+        scheduler_kwargs={"dashboard": False},
+        worker_dashboard_address="127.0.0.1:0",
     ) as cluster, Client(cluster) as client:
         # route aiobisque's own log lines (retries) into the worker logs the tests scan
         client.run(_log_aiobisque_into_worker_logs)
@@ -333,3 +336,18 @@ class TestCluster:
         log = worker_log_text(client)
         assert "Compute Failed" in log and "HTTP 500" in log
         assert_no_secret(log)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_scaling_benchmark_runs_bit_exact(tmp_path: Path) -> None:
+    from benchmarks import dask_scaling
+
+    output = tmp_path / "DASK_RESULTS.md"
+    status = dask_scaling.main([
+        "--link", "Loopback", "--mib", "2", "--chunks", "512 KiB", "--workers", "1",
+        "--repeat", "1", "--cache-dir", str(tmp_path / "cache"), "--output", str(output),
+    ])
+    assert status == 0
+    text = output.read_text()
+    assert "| Loopback (127.0.0.1, no caps) | 2 MiB | 1 |" in text and "| NO |" not in text
