@@ -384,6 +384,13 @@ class StreamDecoder:
         if end > hi:
             self.tail += view[max(at, hi) - at :]
 
+    @property
+    def heavy(self) -> bool:
+        """Whether :meth:`finish` has real work to do (worth a worker thread)."""
+        if self.mode != "direct":
+            return True
+        return bool(self.tail) or _VALIDATED.get(self._key()) != bytes(self.head)
+
     def finish(self) -> None:
         """Check the whole body and complete the output (may run in a worker thread)."""
         if self._md5 is not None:

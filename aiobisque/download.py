@@ -170,13 +170,16 @@ async def run_plan(
                     on_bytes=on_bytes,
                     config=config,
                 )
-                fut = loop.run_in_executor(executor, decoder.finish)
-                try:
-                    await asyncio.shield(fut)
-                except asyncio.CancelledError:
-                    # never return while a worker thread still writes into the output
-                    await asyncio.wait([fut])
-                    raise
+                if not decoder.heavy:
+                    decoder.finish()  # streamed, metadata known: nothing left worth a thread
+                else:
+                    fut = loop.run_in_executor(executor, decoder.finish)
+                    try:
+                        await asyncio.shield(fut)
+                    except asyncio.CancelledError:
+                        # never return while a worker thread still writes into the output
+                        await asyncio.wait([fut])
+                        raise
             finally:
                 await transport.bytes.release(held)
 
