@@ -189,8 +189,9 @@ async def run_plan(
             if not exc.transient:
                 raise
             spent = "" if budget.used < budget.total else " (the download's retry budget is spent)"
+            last = exc.message.removeprefix(what).lstrip(": ")  # not the request twice
             raise DownloadError(
-                f"{what} failed after {attempts} attempt(s){spent}: {exc}",
+                f"{what} failed after {attempts} attempt(s){spent}; last error: {last}",
                 url=exc.url, status=exc.status, request=req.range_text, attempts=attempts,
             ) from exc
         tracker.done_requests += 1

@@ -205,6 +205,16 @@ class ArrayInfo:
     def nbytes(self) -> int:
         return 0 if self.dtype is None else self.size * self.dtype.itemsize
 
+    def __repr__(self) -> str:
+        if self.kind == "group":
+            body = f"children={len(self.children)}"
+        else:
+            body = f"shape={self.shape}, dtype={self.dtype}"
+            if self.kind == "table":
+                body += f", columns={list(self.headers)}"
+        meta = f", meta={sorted(self.meta)[:8]}" if self.meta else ""
+        return f"ArrayInfo({self.uniq}/{self.path}, kind={self.kind!r}, {body}{meta})"
+
     def arrays(self) -> list[str]:
         """Paths of the arrays and tables directly inside a group."""
         return [p for p, k in self.children if k in ("matrix", "table")]
@@ -296,6 +306,7 @@ def parse_info(
             f"max_bytes={max_bytes:,}; raise max_bytes if this is really intended",
             url=url,
         )
+    # the "group" list of an array's info names the array itself: children are for groups
     return ArrayInfo(
         uniq,
         path,
@@ -305,7 +316,6 @@ def parse_info(
         headers=tuple(headers),
         types=tuple(str(t) for t in types),
         meta=meta,
-        children=tuple(children),
     )
 
 

@@ -102,10 +102,17 @@ def _as_index(value: Any, what: str) -> int:
     try:
         return operator.index(value)
     except TypeError:
+        shown = (f"an array of shape {value.shape}" if hasattr(value, "shape")
+                 else f"{type(value).__name__} {_short(value)}")
         raise SelectionError(
             f"{what}: only integers, slices, Ellipsis and None are supported "
-            f"(numpy basic indexing); got {type(value).__name__} {value!r}"
+            f"(numpy basic indexing); got {shown}"
         ) from None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _dim_from_slice(s: slice, size: int, axis: int) -> DimSelection:

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -64,6 +65,24 @@ def _authorization(auth: Any) -> tuple[str | None, str | None]:
     raise UsageError("auth must be None, a (user, password) tuple or a MexToken")
 
 
+def _check_root(root: Any) -> str:
+    """The server's root URL, refused early when it cannot be right."""
+    if not isinstance(root, str) or not root.startswith(("http://", "https://")):
+        shown = redact_url(root) if isinstance(root, str) and "@" in root else root
+        raise UsageError(f"root must be an http(s) URL such as 'https://host', got {shown!r}")
+    parts = urlsplit(root)
+    if parts.username is not None or parts.password is not None:
+        raise UsageError(
+            f"root {redact_url(root)!r} must not contain credentials: pass "
+            "auth=(user, password) instead"
+        )
+    if not parts.hostname:
+        raise UsageError(f"root {root!r} names no host")
+    if parts.query or parts.fragment:
+        raise UsageError(f"root {redact_url(root)!r} must not have a query or fragment")
+    return root.rstrip("/")
+
+
 class BisqueSession:
     """An async session with one BisQue server.
 
@@ -86,9 +105,7 @@ class BisqueSession:
         config: Config | None = None,
         **options: Any,
     ):
-        if not isinstance(root, str) or not root.startswith(("http://", "https://")):
-            raise UsageError(f"root must be an http(s) URL such as 'https://host', got {root!r}")
-        self.root = root.rstrip("/")
+        self.root = _check_root(root)
         self.config = (config or Config()).replace(**options)
         self._authorization, self.user = _authorization(auth)
         if (
@@ -160,11 +177,12 @@ class BisqueSession:
         else:
             user = parse_session_user(bytes(body), url)
         if user is None:
-            who = f"user {self.user!r}" if self.user else "the Mex token"
+            if self._authorization and self._authorization.startswith("Mex "):
+                what = "the Mex token (expired, or not a token of this server?)"
+            else:
+                what = f"the credentials of user {self.user!r} (wrong user name or password?)"
             raise AuthenticationError(
-                f"{redact_url(self.root)} rejected the credentials of {who} "
-                "(wrong user name or password?)",
-                url=redact_url(url),
+                f"{redact_url(self.root)} rejected {what}", url=redact_url(url)
             )
         self.user = user
 

@@ -303,3 +303,31 @@ async def test_services_are_used_not_root_paths(data_dir: Path) -> None:
             assert bq.table.base_url == f"{srv.root}/proxy/x/tables/"
             got = await bq.service("table").load_array("vol", "stack/labels")
     np.testing.assert_array_equal(got, expected(data_dir, "vol", "stack/labels"))
+
+
+@pytest.mark.parametrize(
+    ("root", "message"),
+    [
+        ("http://alice:s3cr3t-Pa55@127.0.0.1:1", "must not contain credentials"),
+        ("http://", "names no host"),
+        ("127.0.0.1:8080", "http"),
+        ("https://h.org/x?token=abc", "query"),
+    ],
+)
+def test_malformed_roots_are_refused_early(root: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message) as info:
+        BisqueSession(root)
+    assert "s3cr3t" not in str(info.value) and "abc" not in str(info.value)
+
+
+async def test_rejected_mex_token_message(server: TableServer) -> None:
+    with pytest.raises(AuthenticationError, match="Mex token") as info:
+        async with BisqueSession(server.root, auth=MexToken("nope")):
+            pass
+    assert "password" not in str(info.value)
+
+
+async def test_info_repr_is_short(bq: BisqueSession) -> None:
+    info = await bq.table.info("dtypes", "d4")
+    assert info.kind == "matrix" and info.children == ()
+    assert len(repr(info)) < 200 and "shape=" in repr(info)
