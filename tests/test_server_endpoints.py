@@ -206,7 +206,7 @@ async def test_info_of_array_group_and_table(server: TableServer, http: Any) -> 
         ("vol/data/volume/0,0,0,0/format:hdf", 400),
         ("vol/data/volume/-1/format:hdf", 400),
         ("vol/data/volume/1;2;3/format:hdf", 400),
-        ("vol/data/volume/a;b/format:hdf", 400),  # after a dataset: a malformed range
+        ("vol/data/volume/a;b/format:hdf", 404),  # not range-like: a missing node
         ("vol/data/a;b/format:hdf", 404),  # after a group: a missing node
         ("vol/data/volume/0;1/0;1/format:hdf", 400),
     ],
@@ -215,6 +215,43 @@ async def test_bad_requests(server: TableServer, http: Any, tail: str, status: i
     got, body, headers = await get(http, server.table_url + tail, ALICE)
     assert got == status, body
     assert headers["Content-Type"].startswith("text/plain") and len(body) < 200
+
+
+@pytest.mark.parametrize("ops", ["info/format:json", "format:hdf", "format:json", ""])
+@pytest.mark.parametrize(
+    ("leftover", "status", "message"),
+    [
+        ("x", 404, "no node 'x' under /data/volume"),
+        ("x/0", 404, "no node 'x' under /data/volume"),
+        ("agg:x", 404, "no node 'agg:x' under /data/volume"),
+        ("1;2;3", 400, "steps are not supported"),  # range-like but malformed
+        ("0,0,0,0", 400, "4 entries for 3 dimensions"),
+        ("9", 400, "starts beyond dimension 0"),
+    ],
+)
+async def test_leftover_after_a_dataset_is_a_range_or_a_missing_node(
+    server: TableServer, http: Any, ops: str, leftover: str, status: int, message: str
+) -> None:
+    # the HDF path ends at the first component naming no node: what follows must be a
+    # range and/or ops, for info and data alike (never silently the dataset itself)
+    got, body, _ = await get(http, server.table_url + f"vol/data/volume/{leftover}/{ops}", ALICE)
+    assert (got, message in body.decode()) == (status, True), body
+
+
+async def test_info_with_a_range_describes_the_selection(server: TableServer, http: Any) -> None:
+    url = server.table_url
+    status, body, _ = await get(http, url + "vol/data/volume/1;2,1;,2/info/format:json", ALICE)
+    assert status == 200, body
+    info = json.loads(body)
+    assert info["sizes"] == [2, 3, 1]
+    assert info["headers"] == ["1", "2", "3"] and info["types"] == ["float32"] * 3
+    assert info["group"] == [{"path": "/data/volume", "type": "matrix"}]
+    _, body, _ = await get(http, url + "tab/tables/rows/2;3,1;2/info/format:json", ALICE)
+    info = json.loads(body)
+    assert (info["sizes"], info["headers"]) == ([2, 2], ["x", "label"])
+    assert info["types"] == ["float64", "bytes64"]
+    status, body, _ = await get(http, url + "vol/data/0/info/format:json", ALICE)
+    assert status == 400 and b"/data, a group" in body
 
 
 def read_image(body: bytes) -> tuple[np.ndarray, h5py.Dataset, dict[str, Any]]:

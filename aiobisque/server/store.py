@@ -88,6 +88,10 @@ def _fail(status: int, message: str) -> _Reply:
     return _Reply(Answer.error(status, message))
 
 
+def _is_op(component: str) -> bool:
+    return component == "info" or component.startswith("format:")
+
+
 def _node_kind(node: Any) -> str | None:
     if isinstance(node, h5py.Group):
         return "group"
@@ -174,10 +178,12 @@ class Store:
             node = child
             rest.pop(0)
         query.path = node.name
-        self._split_range(rest, query, isinstance(node, h5py.Dataset))
+        self._split_range(rest, query)
         kind = _node_kind(node)
         if kind is None:
             raise _fail(404, f"no table node at {node.name}")
+        if kind == "group" and query.range is not None:
+            raise _fail(400, f"range {query.range!r} given for {node.name}, a group, not an array")
         if query.info:
             return self._info(node, kind, query)
         if kind == "group":
@@ -204,14 +210,17 @@ class Store:
             return None
 
     @staticmethod
-    def _split_range(rest: list[str], query: TableQuery, dataset: bool) -> None:
-        """Take the range and ops from what follows the HDF path (into ``query``)."""
+    def _split_range(rest: list[str], query: TableQuery) -> None:
+        """Take the range and ops from what follows the HDF path (into ``query``).
+
+        The HDF path ends at the first component that names no existing node; what follows
+        must be an optional range, then ops. So a leftover component that is neither an op
+        nor range-like names a missing node (404), after a group and after a dataset alike;
+        a range-like one is the range, checked against the node's shape later (400).
+        """
         ops = []
-        # the first component after the HDF path is the range when it looks like one; after
-        # a dataset (which has no children) anything but an op is a (maybe malformed) range
         first = rest[0] if rest else "info"
-        is_op = first == "info" or first.startswith("format:")
-        if not is_op and (is_range_like(first) or (dataset and not first.startswith('"'))):
+        if not _is_op(first) and is_range_like(first):
             query.range = rest.pop(0)
         for component in rest:
             if component == "":
@@ -222,7 +231,7 @@ class Store:
                 query.format = component[len("format:") :].lower()
                 if query.format not in FORMATS:
                     raise _fail(400, f"unknown format {query.format!r}")
-            elif is_range_like(component):
+            elif is_range_like(component):  # the range, if any, was taken above
                 raise _fail(400, f"unexpected range {component!r} after the range or ops")
             else:
                 raise _fail(404, f"no node {component!r} under {query.path}")
@@ -241,14 +250,18 @@ class Store:
                     children.append({"path": child.name, "type": child_kind})
             doc = {"group": children}
         else:
-            if kind == "table":
-                headers = list(node.dtype.names)
+            # like BisQue, which applies a range before answering info: describe the
+            # selection (the whole node when no range is given)
+            sel, columns = self._selection(node, kind, query)
+            if columns is not None:
+                headers = columns
                 types = [node.dtype[name].name for name in headers]
-                sizes = [node.shape[0], len(headers)]
+                sizes = [_length(sel[0]), len(headers)]
             else:
-                headers = [str(i) for i in range(node.shape[1])] if node.ndim >= 2 else ["0"]
+                sizes = [_length(s) for s in sel]
+                dim1 = sel[1] if node.ndim >= 2 else slice(0, 1)
+                headers = [str(i) for i in range(dim1.start, dim1.stop)]
                 types = [node.dtype.name] * len(headers)
-                sizes = list(node.shape)
             doc = {
                 "headers": headers,
                 "types": types,
@@ -267,14 +280,7 @@ class Store:
     def _data(self, node: h5py.Dataset, kind: str, query: TableQuery) -> Answer:
         if node.external or node.is_virtual:
             raise _fail(501, f"{node.name} stores its data in other files; not served")
-        columns: list[str] | None = None
-        if kind == "table":
-            names = list(node.dtype.names)
-            selection = self._parse(query, (node.shape[0], len(names)))
-            columns = names[selection[1]]
-            sel: tuple[slice, ...] = selection[:1]
-        else:
-            sel = self._parse(query, node.shape)
+        sel, columns = self._selection(node, kind, query)
         array = self._read(node, sel, columns)
         offset = [s.start for s in sel]
         if query.format == "hdf":
@@ -286,6 +292,17 @@ class Store:
         else:
             body = export.xml_body(array, node.name)
         return Answer(200, body, data=True)
+
+    @classmethod
+    def _selection(
+        cls, node: h5py.Dataset, kind: str, query: TableQuery
+    ) -> tuple[tuple[slice, ...], list[str] | None]:
+        """The hyperslab ``query.range`` selects, and for a table the selected columns."""
+        if kind != "table":
+            return cls._parse(query, node.shape), None
+        names = list(node.dtype.names)
+        rows, cols = cls._parse(query, (node.shape[0], len(names)))
+        return (rows,), names[cols]
 
     @staticmethod
     def _parse(query: TableQuery, shape: tuple[int, ...]) -> tuple[slice, ...]:
@@ -309,6 +326,10 @@ class Store:
         if columns is not None and not isinstance(array, np.ndarray):
             array = np.asarray(array)
         return np.asarray(array)
+
+
+def _length(selected: slice) -> int:
+    return int(selected.stop - selected.start)
 
 
 def _negotiate(accept: str) -> str:
