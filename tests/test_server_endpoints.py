@@ -224,6 +224,7 @@ async def test_bad_requests(server: TableServer, http: Any, tail: str, status: i
         ("x", 404, "no node 'x' under /data/volume"),
         ("x/0", 404, "no node 'x' under /data/volume"),
         ("agg:x", 404, "no node 'agg:x' under /data/volume"),
+        ("%220%22", 404, "no node '0' under /data/volume"),  # a quoted name, unwrapped
         ("1;2;3", 400, "steps are not supported"),  # range-like but malformed
         ("0,0,0,0", 400, "4 entries for 3 dimensions"),
         ("9", 400, "starts beyond dimension 0"),
@@ -236,6 +237,21 @@ async def test_leftover_after_a_dataset_is_a_range_or_a_missing_node(
     # range and/or ops, for info and data alike (never silently the dataset itself)
     got, body, _ = await get(http, server.table_url + f"vol/data/volume/{leftover}/{ops}", ALICE)
     assert (got, message in body.decode()) == (status, True), body
+
+
+@pytest.mark.parametrize(
+    ("tail", "message"),
+    [
+        ("vol/%220%22/info/format:json", b"no node '0' under /\n"),
+        ("vol/data/%220%3B1%22/format:hdf", b"no node '0;1' under /data\n"),
+        ("vol/data/%220%3B1%22/info/format:json", b"no node '0;1' under /data\n"),
+    ],
+)
+async def test_missing_node_is_named_as_meant_not_as_quoted(
+    server: TableServer, http: Any, tail: str, message: bytes
+) -> None:
+    # range-like names travel wrapped in double quotes; the user meant the bare name
+    assert (await get(http, server.table_url + tail, ALICE))[:2] == (404, message)
 
 
 async def test_info_with_a_range_describes_the_selection(server: TableServer, http: Any) -> None:

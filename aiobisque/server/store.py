@@ -88,6 +88,13 @@ def _fail(status: int, message: str) -> _Reply:
     return _Reply(Answer.error(status, message))
 
 
+def _node_name(component: str) -> str:
+    """The node name a path component means: without the quotes that escape range-like names."""
+    if len(component) >= 2 and component[0] == component[-1] == '"':
+        return component[1:-1]
+    return component
+
+
 def _is_op(component: str) -> bool:
     return component == "info" or component.startswith("format:")
 
@@ -192,11 +199,7 @@ class Store:
 
     @staticmethod
     def _child(group: h5py.Group, component: str) -> Any:
-        name = (
-            component[1:-1]
-            if len(component) >= 2 and component[0] == component[-1] == '"'
-            else component
-        )
+        name = _node_name(component)
         # "/" would make h5py walk several levels (or jump to the root), "." and ".."
         # would not name a child
         if not name or "/" in name or name in (".", ".."):
@@ -234,7 +237,7 @@ class Store:
             elif is_range_like(component):  # the range, if any, was taken above
                 raise _fail(400, f"unexpected range {component!r} after the range or ops")
             else:
-                raise _fail(404, f"no node {component!r} under {query.path}")
+                raise _fail(404, f"no node {_node_name(component)!r} under {query.path}")
             ops.append(component)
         if not any(op.startswith("format:") for op in ops):
             query.format = _negotiate(query.accept)
