@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
+import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +18,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from aiobisque.server import TableServer, run_server, samples
+from aiobisque.server import TableServer, run_server, samples, serve_in_thread
 from aiobisque.server.pytest_plugin import basic_auth
 
 SEED = f"{samples.SEED_UNIQ}/{samples.SEED_PATH}"
@@ -370,6 +372,46 @@ async def test_json_csv_and_xml_formats(server: TableServer, http: Any, folder: 
         http, server.table_url + "pub/x/2;4", {"Accept": "application/x-hdf5"}
     )
     assert headers["Content-Type"] == "application/x-hdf5"
+
+
+@pytest.fixture
+def slow_final_flush(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hold every response's handler back after its last byte has gone out.
+
+    That is what a busy server thread does at random (the client then has the whole
+    response while the handler has not finished); here it happens every time.
+    """
+    write_eof = aiohttp.web.StreamResponse.write_eof
+
+    async def held_back(self: aiohttp.web.StreamResponse, data: bytes = b"") -> None:
+        await write_eof(self, data)
+        await asyncio.sleep(0.3)
+
+    monkeypatch.setattr(aiohttp.web.StreamResponse, "write_eof", held_back)
+
+
+@pytest.mark.usefixtures("slow_final_flush")
+async def test_stats_are_complete_once_the_client_has_the_response(
+    server: TableServer, http: Any
+) -> None:
+    server.stats.reset()
+    status, body, _ = await get(http, server.table_url + f"{SEED}/0;1/format:hdf", ALICE)
+    assert status == 200
+    stats = server.stats
+    assert [(r.range, r.status) for r in stats.data_log] == [("0;1", 200)]
+    assert stats.statuses == {200: 1} and stats.in_flight == 0
+    assert stats.bytes_sent == len(body)
+
+
+@pytest.mark.usefixtures("slow_final_flush")
+def test_stats_are_complete_for_a_client_on_another_thread(folder: Path) -> None:
+    with serve_in_thread(folder, users={"alice": "wonderland"}) as server:
+        url = server.table_url + f"{SEED}/1/format:hdf"
+        request = urllib.request.Request(url, headers=ALICE)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = response.read()
+        assert [r.range for r in server.stats.data_log] == ["1"]
+        assert server.stats.bytes_sent == len(body)
 
 
 async def test_stats_count_requests_by_kind(server: TableServer, http: Any) -> None:

@@ -40,6 +40,8 @@ __all__ = ["TableServer", "run_server", "serve_in_thread"]
 
 SERVICES = ("data_service", "auth_service", "blob_service", "image_service", "module_service")
 _SLICE = 1 << 20  # body write size when no bandwidth cap applies
+# set on a request whose status the data path counted itself (before its last byte)
+_STATUS_COUNTED = web.RequestKey("aiobisque_status_counted", bool)
 
 
 def _xml(element: ET.Element) -> web.Response:
@@ -52,6 +54,36 @@ def _text(status: int, message: str, headers: Mapping[str, str] | None = None) -
 
 class _AuthFailed(Exception):
     """Credentials were sent and are wrong."""
+
+
+class _DataOutcome:
+    """How one data request ended, kept in the stats exactly once.
+
+    Kept *before* the response's last byte (or the cut that ends a faulty one) is handed
+    to the transport: a client that has the whole response must find it in the stats,
+    even when it runs on another thread than the server.
+    """
+
+    def __init__(self, stats: ServerStats, query: TableQuery) -> None:
+        self.stats = stats
+        self.query = query
+        self.started = time.monotonic()
+        self.status = 500
+        self.fault: str | None = None
+        self.kept = False
+
+    def keep(self, *, sent: bool = True) -> None:
+        """Log the request (and count its status when ``sent``); later calls do nothing."""
+        if self.kept:
+            return
+        self.kept = True
+        if sent:
+            self.stats.statuses[self.status] += 1
+        query, end = self.query, time.monotonic()
+        record = DataRecord(
+            query.range, query.path, query.format, self.status, self.fault, self.started, end
+        )
+        self.stats.leave(record)
 
 
 class TableServer:
@@ -170,7 +202,9 @@ class TableServer:
         raw = request.rel_url.raw_path
         segments = raw.split("/")[1:]
         response = await self._dispatch(request, segments)
-        self.stats.statuses[response.status] += 1
+        if not request.get(_STATUS_COUNTED):
+            # aiohttp writes a plain response after this returns, so it is counted in time
+            self.stats.statuses[response.status] += 1
         return response
 
     async def _dispatch(self, request: web.Request, segments: list[str]) -> web.StreamResponse:
@@ -320,20 +354,21 @@ class TableServer:
         decision = plan.decide(n)
         stats = self.stats
         stats.enter((uniq, *query.components))
-        started = time.monotonic()
-        status, fault = 500, None
+        outcome = _DataOutcome(stats, query)
+        request[_STATUS_COUNTED] = True
         try:
             if plan.latency:
                 stats.faults["latency"] += 1
                 await asyncio.sleep(plan.latency)
-            response, fault = await self._data_response(request, user, uniq, query, plan, decision)
-            status = response.status
+            response = await self._data_response(
+                request, user, uniq, query, plan, decision, outcome
+            )
+            if not outcome.kept:  # a plain response: aiohttp sends it after this returns
+                outcome.status = response.status
+                outcome.keep()
             return response
         finally:
-            record = DataRecord(
-                query.range, query.path, query.format, status, fault, started, time.monotonic()
-            )
-            stats.leave(record)
+            outcome.keep(sent=False)  # cancelled or failed: logged, no status was sent
 
     async def _data_response(
         self,
@@ -343,26 +378,28 @@ class TableServer:
         query: TableQuery,
         plan: FaultPlan,
         decision: FaultDecision,
-    ) -> tuple[web.StreamResponse, str | None]:
+        outcome: _DataOutcome,
+    ) -> web.StreamResponse:
         file = self.store.locate(uniq)
         if file is None:
-            return _text(404, "no such resource"), None
+            return _text(404, "no such resource")
         denied = self._check_access(uniq, user)
         if denied is not None:
-            return denied, None
-        if decision.kind == "error":
-            self.stats.faults["error"] += 1
-            return _text(decision.status, "injected error"), "error"
-        if decision.kind == "throttle":
-            self.stats.faults["throttle"] += 1
-            return _text(429, "slow down", {"Retry-After": plan.retry_after}), "throttle"
+            return denied
+        if decision.kind in ("error", "throttle"):
+            self.stats.faults[decision.kind] += 1
+            outcome.fault = decision.kind
+            if decision.kind == "error":
+                return _text(decision.status, "injected error")
+            return _text(429, "slow down", {"Retry-After": plan.retry_after})
         answer = await self._answer(file, query)
         if answer.status != 200 or not answer.data:
-            return self._plain(answer), None
+            return self._plain(answer)
         if decision.kind is not None:
             self.stats.faults[decision.kind] += 1
-            return await self._send_faulty(request, answer.body, plan, decision), decision.kind
-        return await self._send(request, answer.body, plan), None
+            outcome.fault = decision.kind
+            return await self._send_faulty(request, answer.body, plan, decision, outcome)
+        return await self._send(request, answer.body, plan, outcome)
 
     # -- body writing ------------------------------------------------------------------
 
@@ -380,9 +417,17 @@ class TableServer:
         return max(16 << 10, min(256 << 10, int(min(rates) / 50))), link
 
     async def _pump(
-        self, write: Callable[[memoryview], Any], body: Body, plan: FaultPlan, limit: int
+        self,
+        write: Callable[[memoryview], Any],
+        body: Body,
+        plan: FaultPlan,
+        limit: int,
+        before_last: Callable[[], object] | None = None,
     ) -> int:
-        """Write the first ``limit`` bytes of ``body`` at ``plan``'s pace; returns bytes sent."""
+        """Write the first ``limit`` bytes of ``body`` at ``plan``'s pace; returns bytes sent.
+
+        ``before_last`` runs just before the piece that completes ``limit`` is written.
+        """
         size, link = self._pacing(plan)
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -399,25 +444,40 @@ class TableServer:
                         await asyncio.sleep(delay)
                 if link is not None:
                     await link.reserve(len(piece))
-                await write(piece)
+                # counted before the write: the client may have the bytes before it returns
                 sent += len(piece)
                 self.stats.bytes_sent += len(piece)
+                if before_last is not None and sent >= limit:
+                    before_last()
+                await write(piece)
+        if before_last is not None:
+            before_last()  # an empty body
         return sent
 
-    async def _send(self, request: web.Request, body: Body, plan: FaultPlan) -> web.StreamResponse:
+    async def _send(
+        self, request: web.Request, body: Body, plan: FaultPlan, outcome: _DataOutcome
+    ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": body.content_type})
         response.content_length = body.length
+        outcome.status = response.status
         await response.prepare(request)
-        await self._pump(response.write, body, plan, body.length)
+        await self._pump(response.write, body, plan, body.length, outcome.keep)
         await response.write_eof()
         return response
 
     async def _send_faulty(
-        self, request: web.Request, body: Body, plan: FaultPlan, decision: FaultDecision
+        self,
+        request: web.Request,
+        body: Body,
+        plan: FaultPlan,
+        decision: FaultDecision,
+        outcome: _DataOutcome,
     ) -> web.StreamResponse:
+        """Send part of ``body``, then cut it as ``decision`` says (kept just before the cut)."""
         transport = request.transport
         assert transport is not None
         length = body.length
+        outcome.status = 200
         cut = min(max(1, int(length * decision.cut)), max(length - 1, 0))
         if decision.kind == "truncate" and decision.framing == "close":
             # no length, no chunking: the client can only tell by the short body, so this
@@ -427,6 +487,7 @@ class TableServer:
             )
             await request.writer.write(head.encode("ascii"))
             await self._pump(request.writer.write, body, plan, cut)
+            outcome.keep()
             transport.close()
             return web.Response(status=200)
         response = web.StreamResponse(headers={"Content-Type": body.content_type})
@@ -439,8 +500,8 @@ class TableServer:
         await self._flush(transport)
         if decision.kind == "stall":
             await self._stall(plan.stall_seconds)
-            _abort(transport)
-        elif decision.kind == "reset":
+        outcome.keep()
+        if decision.kind in ("stall", "reset"):
             _abort(transport)
         else:
             transport.close()
