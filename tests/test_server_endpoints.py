@@ -208,8 +208,9 @@ async def test_info_of_array_group_and_table(server: TableServer, http: Any) -> 
         ("vol/data/volume/0,0,0,0/format:hdf", 400),
         ("vol/data/volume/-1/format:hdf", 400),
         ("vol/data/volume/1;2;3/format:hdf", 400),
-        ("vol/data/volume/a;b/format:hdf", 404),  # not range-like: a missing node
-        ("vol/data/a;b/format:hdf", 404),  # after a group: a missing node
+        ("vol/data/volume/a;b/format:hdf", 400),  # a mistyped range, or a missing node
+        ("vol/data/a;b/format:hdf", 400),
+        ("vol/data/%22a%3Bb%22/format:hdf", 404),  # quoted: only a name
         ("vol/data/volume/0;1/0;1/format:hdf", 400),
     ],
 )
@@ -230,6 +231,7 @@ async def test_bad_requests(server: TableServer, http: Any, tail: str, status: i
         ("1;2;3", 400, "steps are not supported"),  # range-like but malformed
         ("0,0,0,0", 400, "4 entries for 3 dimensions"),
         ("9", 400, "starts beyond dimension 0"),
+        ("1;x", 400, "no node '1;x' under /data/volume, and '1;x' is not a range"),
     ],
 )
 async def test_leftover_after_a_dataset_is_a_range_or_a_missing_node(

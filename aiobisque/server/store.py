@@ -219,12 +219,20 @@ class Store:
         The HDF path ends at the first component that names no existing node; what follows
         must be an optional range, then ops. So a leftover component that is neither an op
         nor range-like names a missing node (404), after a group and after a dataset alike;
-        a range-like one is the range, checked against the node's shape later (400).
+        a range-like one is the range, checked against the node's shape later (400). One
+        that mixes range separators with other characters (``1;x``) is most likely a
+        mistyped range, so it gets a 400 naming both readings.
         """
         ops = []
         first = rest[0] if rest else "info"
         if not _is_op(first) and is_range_like(first):
             query.range = rest.pop(0)
+        elif _node_name(first) == first and (";" in first or "," in first):
+            raise _fail(
+                400,
+                f"no node {first!r} under {query.path}, and {first!r} is not a range"
+                " (digits and ';', ':', ',' only)",
+            )
         for component in rest:
             if component == "":
                 continue
