@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from aiobisque.server import FaultPlan, samples
-from aiobisque.server.command import add_arguments, plan_from_args
+from aiobisque.server import FaultPlan, run_server, samples
+from aiobisque.server.command import add_arguments, describe, plan_from_args
 from aiobisque.server.pytest_plugin import basic_auth
 
 
@@ -59,6 +59,26 @@ def test_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     capsys.readouterr()
 
 
+async def test_banner_names_uniqs_and_the_demo_login(tmp_path: Path) -> None:
+    samples.write_array(tmp_path, "vol", "v", (2, 3))
+    samples.write_array(tmp_path, "open", "v", (2, 3))
+    async with run_server(tmp_path, public=["open", "gone"]) as server:
+        text = describe(server, demo_login=True, demo_token=True)
+    lines = text.splitlines()
+    assert lines[1:3] == ["  open  (public)", "  vol  (login required)"]
+    assert "  warning: --public gone: no such file" in lines
+    assert "users: alice" in lines
+    assert any("alice / wonderland" in line for line in lines)  # the default the user did not pick
+    assert f"table service: {server.table_url}" in lines
+
+
+async def test_banner_of_an_empty_folder_with_chosen_logins(tmp_path: Path) -> None:
+    async with run_server(tmp_path, users={"bob": "pw1"}, mex_tokens={"T0K": "bob"}) as server:
+        text = describe(server, demo_login=False, demo_token=False)
+    assert "none yet" in text and "users: bob" in text and "mex tokens for: bob" in text
+    assert "pw1" not in text and "T0K" not in text and "wonderland" not in text
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_serve_prints_one_line_and_stops_cleanly(tmp_path: Path, signum: int) -> None:
     samples.write_seed(tmp_path)
@@ -83,7 +103,11 @@ def test_serve_prints_one_line_and_stops_cleanly(tmp_path: Path, signum: int) ->
         process.send_signal(signum)
         out, err = process.communicate(timeout=15)
         assert process.returncode == 0, err
-        assert out == ""  # exactly one line in all
+        assert out == ""  # exactly one line on stdout: scripts parse it
+        # what a new user needs is on stderr: the uniqs, who may read them, the logins
+        assert f"  {samples.SEED_UNIQ}  (public)" in err.splitlines()
+        assert "users: bob" in err.splitlines()
+        assert "secret" not in err and "wonderland" not in err  # chosen passwords stay private
     finally:
         if process.poll() is None:
             process.kill()

@@ -27,6 +27,7 @@ import time
 import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from aiohttp import web
@@ -36,7 +37,11 @@ from aiobisque.server.faults import FaultDecision, FaultPlan, Link
 from aiobisque.server.stats import DataRecord, ServerStats
 from aiobisque.server.store import Answer, Store, TableQuery
 
-__all__ = ["TableServer", "run_server", "serve_in_thread"]
+__all__ = ["DEMO_MEX_TOKENS", "DEMO_USERS", "TableServer", "run_server", "serve_in_thread"]
+
+# the logins run_server accepts unless told otherwise: public, well-known demo values
+DEMO_USERS: Mapping[str, str] = MappingProxyType({"alice": "wonderland"})
+DEMO_MEX_TOKENS: Mapping[str, str] = MappingProxyType({"TOKEN123": "alice"})
 
 SERVICES = ("data_service", "auth_service", "blob_service", "image_service", "module_service")
 _SLICE = 1 << 20  # body write size when no bandwidth cap applies
@@ -561,8 +566,10 @@ async def run_server(
 
     Args:
         folder: HDF5 files ``{uniq}.h5|.hdf5|.dream3d|.h5ebsd``; uniq = file stem.
-        users: Basic-auth names and passwords (default ``{"alice": "wonderland"}``).
-        mex_tokens: Mex tokens and their users (default ``{"TOKEN123": "alice"}``).
+        users: Basic-auth names and passwords (default :data:`DEMO_USERS`,
+            ``{"alice": "wonderland"}``).
+        mex_tokens: Mex tokens and their users (default :data:`DEMO_MEX_TOKENS`,
+            ``{"TOKEN123": "alice"}``).
         public: uniqs readable anonymously; all others need a login.
         access: uniq -> users allowed (a uniq absent here: every logged-in user).
         faults: the :class:`FaultPlan` for data requests (default: none).
@@ -578,8 +585,8 @@ async def run_server(
     """
     server = TableServer(
         folder,
-        users={"alice": "wonderland"} if users is None else users,
-        mex_tokens={"TOKEN123": "alice"} if mex_tokens is None else mex_tokens,
+        users=DEMO_USERS if users is None else users,
+        mex_tokens=DEMO_MEX_TOKENS if mex_tokens is None else mex_tokens,
         public=public,
         access=access or {},
         faults=faults or FaultPlan(),

@@ -1,8 +1,10 @@
 """``aiobisque serve DIR``: run the embedded table server from the command line.
 
-It prints one line, ``serving http://HOST:PORT``, then serves until SIGINT or SIGTERM and
-exits 0. Fault options take the :class:`~aiobisque.server.FaultPlan` field names; sizes
-accept ``16MB``, ``16MiB`` or plain bytes.
+It prints one line on stdout, ``serving http://HOST:PORT`` (scripts parse it), then on
+stderr what it serves (uniq = file stem, public or login required) and which logins it
+accepts, and serves until SIGINT or SIGTERM and exits 0. Fault options take the
+:class:`~aiobisque.server.FaultPlan` field names; sizes accept ``16MB``, ``16MiB`` or plain
+bytes.
 
     aiobisque serve ./data --user alice:wonderland --latency 0.1 --bandwidth 16MB
 """
@@ -17,10 +19,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from aiobisque.server.app import run_server
+from aiobisque.server.app import DEMO_MEX_TOKENS, DEMO_USERS, TableServer, run_server
 from aiobisque.server.faults import TRUNCATE_FRAMINGS, FaultPlan, parse_size
+from aiobisque.server.store import SUFFIXES
 
-__all__ = ["add_arguments", "main", "plan_from_args", "run"]
+__all__ = ["add_arguments", "describe", "main", "plan_from_args", "run"]
+
+_LISTED = 40  # resources named in the banner; a large folder gets a count for the rest
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -128,7 +133,45 @@ async def _serve(args: argparse.Namespace, plan: FaultPlan) -> None:
         keepalive_timeout=args.keepalive_timeout,
     ) as server:
         print(f"serving {server.root}", flush=True)
+        # stderr: scripts read stdout's first line and some never drain the pipe after it
+        print(describe(server, demo_login=not args.users, demo_token=not args.mex_tokens),
+              file=sys.stderr, flush=True)  # fmt: skip
         await stop.wait()
+
+
+def describe(server: TableServer, *, demo_login: bool, demo_token: bool) -> str:
+    """What a new user needs after ``serving ...``: the uniqs and the logins, no passwords.
+
+    Only the built-in demo account's password is shown (``demo_login``), because it is a
+    public default the user did not choose.
+    """
+    uniqs = server.store.uniqs()
+    lines = [f"resources in {server.folder} (uniq = file stem):"]
+    for uniq in uniqs[:_LISTED]:
+        access = "public" if uniq in server.public else "login required"
+        lines.append(f"  {uniq}  ({access})")
+    if len(uniqs) > _LISTED:
+        lines.append(f"  ... and {len(uniqs) - _LISTED} more")
+    if not uniqs:
+        lines.append(f"  none yet: files {'/'.join(SUFFIXES)} added later are served too")
+    lines.extend(
+        f"  warning: --public {uniq}: no such file" for uniq in sorted(server.public - set(uniqs))
+    )
+    users = ", ".join(sorted(server.users)) or "none"
+    lines.append(f"users: {users}")
+    if demo_login:
+        demo = ", ".join(f"{name} / {password}" for name, password in DEMO_USERS.items())
+        lines.append(
+            f"  (the built-in demo account: {demo}; choose your own with --user NAME:PASSWORD)"
+        )
+    if demo_token:
+        demo = ", ".join(f"{token} (user {owner})" for token, owner in DEMO_MEX_TOKENS.items())
+        lines.append(f"mex token: the built-in demo token {demo}")
+    elif server.mex_tokens:
+        owners = ", ".join(sorted(set(server.mex_tokens.values())))
+        lines.append(f"mex tokens for: {owners}")
+    lines.append(f"table service: {server.table_url}")
+    return "\n".join(lines)
 
 
 def main(args: argparse.Namespace) -> int:
