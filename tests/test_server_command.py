@@ -51,6 +51,27 @@ def test_fault_options_build_a_plan(tmp_path: Path) -> None:
     assert plan_from_args(parse(str(tmp_path))) == FaultPlan()
 
 
+def test_every_option_has_help_and_the_epilog_shows_a_wan_link(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = argparse.ArgumentParser(prog="aiobisque serve")
+    add_arguments(parser)
+    undocumented = [
+        action.option_strings or action.dest
+        for action in parser._actions
+        if not action.help or action.help == argparse.SUPPRESS
+    ]
+    assert undocumented == []
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "--latency SECONDS" in text and "(default unlimited)" in text
+    # the example runs as printed (the backslash joins its two lines)
+    example = text[text.index("aiobisque serve ./data") :].replace("\\\n", " ").split()
+    wan = plan_from_args(parse(str(tmp_path), *example[3:]))
+    assert (wan.latency, wan.bandwidth, wan.total_bandwidth) == (0.1, 16e6, 160e6)
+
+
 def test_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         parse(str(tmp_path), "--user", "nopassword")

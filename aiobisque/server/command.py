@@ -25,6 +25,13 @@ from aiobisque.server.store import SUFFIXES
 
 __all__ = ["add_arguments", "describe", "main", "plan_from_args", "run"]
 
+_EPILOG = """\
+example: emulate a WAN link (100 ms latency, 16 MB/s per connection, 160 MB/s in all,
+1% of data requests answered 503), reproducibly:
+
+  aiobisque serve ./data --latency 0.1 --bandwidth 16MB --total-bandwidth 160MB \\
+      --error-rate 0.01 --seed 1
+"""
 _LISTED = 40  # resources named in the banner; a large folder gets a count for the rest
 
 
@@ -43,7 +50,7 @@ def _size(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``serve`` command's arguments to ``parser``."""
+    """Add the ``serve`` command's arguments, and its example epilog, to ``parser``."""
     parser.add_argument("folder", type=Path, metavar="DIR", help="folder of HDF5 files")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     parser.add_argument("--port", type=int, default=0, help="port (0: any free port)")
@@ -68,29 +75,141 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--public", action="append", default=[], metavar="UNIQ", help="a uniq readable anonymously"
     )
-    parser.add_argument("--table-service", default="table", help="table service name")
-    parser.add_argument("--service-prefix", default="", help="path prefix for every service")
-    parser.add_argument("--hdf-layout", choices=("contiguous", "chunked"), default="contiguous")
-    parser.add_argument("--keepalive-timeout", type=float, default=75.0, metavar="SECONDS")
-    faults = parser.add_argument_group("faults (per data request)")
-    faults.add_argument("--seed", type=int, default=0)
-    faults.add_argument("--latency", type=float, default=0.0, metavar="SECONDS")
-    faults.add_argument("--bandwidth", type=_size, default=None, metavar="BYTES/S")
-    faults.add_argument("--total-bandwidth", type=_size, default=None, metavar="BYTES/S")
-    faults.add_argument("--error-rate", type=float, default=0.0)
-    faults.add_argument(
-        "--error-status", dest="error_statuses", type=int, action="append", default=[]
+    parser.add_argument(
+        "--table-service",
+        default="table",
+        metavar="NAME",
+        help="table service name; ViQi uses tables (default %(default)s)",
     )
-    faults.add_argument("--fail-first", type=int, default=0, metavar="N")
-    faults.add_argument("--throttle-rate", type=float, default=0.0)
-    faults.add_argument("--retry-after", default="1")
-    faults.add_argument("--reset-rate", type=float, default=0.0)
-    faults.add_argument("--truncate-rate", type=float, default=0.0)
-    faults.add_argument(
-        "--truncate-framing", choices=(*TRUNCATE_FRAMINGS, "mixed"), default="length"
+    parser.add_argument(
+        "--service-prefix", default="", metavar="PATH", help="path prefix for every service"
     )
-    faults.add_argument("--stall-rate", type=float, default=0.0)
-    faults.add_argument("--stall-seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--hdf-layout",
+        choices=("contiguous", "chunked"),
+        default="contiguous",
+        help="format:hdf bodies as BisQue makes them (contiguous) or gzip-chunked "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--keepalive-timeout",
+        type=float,
+        default=75.0,
+        metavar="SECONDS",
+        help="idle time before a kept-alive connection is closed (default %(default)s)",
+    )
+    faults = parser.add_argument_group(
+        "faults",
+        "Applied to data requests only (never to info); each rate P is a\n"
+        "probability 0-1, drawn per request.",
+    )
+    faults.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="the n-th data request gets the same faults on every run with the same seed "
+        "(default %(default)s)",
+    )
+    faults.add_argument(
+        "--latency",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="delay before each response's headers, 0-600 (default %(default)s)",
+    )
+    faults.add_argument(
+        "--bandwidth",
+        type=_size,
+        default=None,
+        metavar="BYTES/S",
+        help="cap per response: 16MB (10**6 bytes), 16MiB (2**20) or plain bytes "
+        "(default unlimited)",
+    )
+    faults.add_argument(
+        "--total-bandwidth",
+        type=_size,
+        default=None,
+        metavar="BYTES/S",
+        help="cap shared by all responses together, same units (default unlimited)",
+    )
+    faults.add_argument(
+        "--error-rate",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="answer an --error-status instead of data (default %(default)s)",
+    )
+    faults.add_argument(
+        "--error-status",
+        dest="error_statuses",
+        type=int,
+        action="append",
+        default=[],
+        metavar="CODE",
+        help="status for --error-rate, 400-599, repeatable: one is drawn per error; the "
+        "first also serves --fail-first (default 503)",
+    )
+    faults.add_argument(
+        "--fail-first",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the first N data requests get the first --error-status (default %(default)s)",
+    )
+    faults.add_argument(
+        "--throttle-rate",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="answer 429 Too Many Requests with Retry-After (default %(default)s)",
+    )
+    faults.add_argument(
+        "--retry-after",
+        default="1",
+        metavar="SECONDS",
+        help="the Retry-After header sent with 429 (default %(default)s)",
+    )
+    faults.add_argument(
+        "--reset-rate",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="drop the connection with a TCP reset part-way through the body (default %(default)s)",
+    )
+    faults.add_argument(
+        "--truncate-rate",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="send only part of the body, then close the connection (default %(default)s)",
+    )
+    faults.add_argument(
+        "--truncate-framing",
+        choices=(*TRUNCATE_FRAMINGS, "mixed"),
+        default="length",
+        help="how a truncated body is framed: length (Content-Length declared), chunked "
+        "(no final chunk), close (no length: the client sees only a short body) or mixed "
+        "(one drawn per request) (default %(default)s)",
+    )
+    faults.add_argument(
+        "--stall-rate",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="send part of the body, then nothing for --stall-seconds, then drop the "
+        "connection (default %(default)s)",
+    )
+    faults.add_argument(
+        "--stall-seconds",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a stall lasts, 0-3600 (default %(default)s)",
+    )
+    parser.epilog = _EPILOG
+    if parser.formatter_class is argparse.HelpFormatter:
+        # keep the example's line as written (a caller's own formatter is left alone)
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def plan_from_args(args: argparse.Namespace) -> FaultPlan:
