@@ -20,6 +20,7 @@ from aiobisque.server import TableServer, run_server, samples, serve_in_thread
 
 USER = ("alice", "wonderland")
 USERS = {"alice": "wonderland", "bob": "builder"}
+MEX_TOKENS = {"TOKEN123": "alice"}
 ACCESS = {"private": {"alice"}}
 PUBLIC = ("public",)
 
@@ -106,7 +107,8 @@ def expected(folder: Path, uniq: str, path: str) -> np.ndarray:
 
 @pytest.fixture
 async def server(data_dir: Path) -> AsyncIterator[TableServer]:
-    async with run_server(data_dir, users=USERS, access=ACCESS, public=PUBLIC) as srv:
+    async with run_server(data_dir, users=USERS, mex_tokens=MEX_TOKENS, access=ACCESS,
+                          public=PUBLIC) as srv:
         yield srv
 
 
@@ -120,5 +122,6 @@ async def bq(server: TableServer) -> AsyncIterator[BisqueSession]:
 @pytest.fixture(scope="module")
 def thread_server(data_dir: Path) -> Iterator[TableServer]:
     """The server on its own thread, for synchronous clients and per-example sessions."""
-    with serve_in_thread(data_dir, users=USERS, access=ACCESS, public=PUBLIC) as srv:
+    with serve_in_thread(data_dir, users=USERS, mex_tokens=MEX_TOKENS, access=ACCESS,
+                         public=PUBLIC) as srv:
         yield srv

@@ -442,3 +442,16 @@ async def test_stats_count_requests_by_kind(server: TableServer, http: Any) -> N
 
 def test_basic_auth_helper() -> None:
     assert basic_auth("a", "b") == {"Authorization": "Basic " + base64.b64encode(b"a:b").decode()}
+
+
+async def test_demo_token_only_comes_with_the_demo_login(tmp_path: Path) -> None:
+    samples.write_array(tmp_path, "vol", "a", (2, 2), dtype="int32")
+    async with run_server(tmp_path, users={"bob": "b0b-pw"}) as srv, \
+            aiohttp.ClientSession() as http:
+        url = f"{srv.root}/auth_service/session"
+        async with http.get(url, headers={"Authorization": "Mex TOKEN123"}) as resp:
+            assert "alice" not in await resp.text()
+    async with run_server(tmp_path) as srv, aiohttp.ClientSession() as http:
+        url = f"{srv.root}/auth_service/session"
+        async with http.get(url, headers={"Authorization": "Mex TOKEN123"}) as resp:
+            assert "alice" in await resp.text()

@@ -569,7 +569,7 @@ async def run_server(
         users: Basic-auth names and passwords (default :data:`DEMO_USERS`,
             ``{"alice": "wonderland"}``).
         mex_tokens: Mex tokens and their users (default :data:`DEMO_MEX_TOKENS`,
-            ``{"TOKEN123": "alice"}``).
+            ``{"TOKEN123": "alice"}``, only when ``users`` is not given either).
         public: uniqs readable anonymously; all others need a login.
         access: uniq -> users allowed (a uniq absent here: every logged-in user).
         faults: the :class:`FaultPlan` for data requests (default: none).
@@ -586,7 +586,10 @@ async def run_server(
     server = TableServer(
         folder,
         users=DEMO_USERS if users is None else users,
-        mex_tokens=DEMO_MEX_TOKENS if mex_tokens is None else mex_tokens,
+        # the demo token only comes with the demo login: a server given its own users
+        # must not also let in whoever knows the public demo token
+        mex_tokens=(DEMO_MEX_TOKENS if users is None else {}) if mex_tokens is None
+        else mex_tokens,
         public=public,
         access=access or {},
         faults=faults or FaultPlan(),

@@ -253,7 +253,8 @@ async def _serve(args: argparse.Namespace, plan: FaultPlan) -> None:
     ) as server:
         print(f"serving {server.root}", flush=True)
         # stderr: scripts read stdout's first line and some never drain the pipe after it
-        print(describe(server, demo_login=not args.users, demo_token=not args.mex_tokens),
+        demo_token = not args.mex_tokens and not args.users
+        print(describe(server, demo_login=not args.users, demo_token=demo_token),
               file=sys.stderr, flush=True)  # fmt: skip
         await stop.wait()
 
