@@ -12,8 +12,12 @@ A selection of a remote array is written to ``FILE`` through ``FILE.part``:
    ``FILE`` atomically.
 
 Running the same download again after a crash continues from the journal, fetching only
-the missing blocks, once it has checked that the remote array still has the recorded shape
-and dtype. :class:`BulkDownloader` runs one or many downloads on one session: they share
+the missing blocks, once it has checked that the journal is for the same request (root,
+uniq, path, selection, format) and that the remote array still has the recorded shape and
+dtype. A finished output is skipped only when it provably holds the same download (see
+:func:`~aiobisque.outputs.existing_output_mismatch`). Arguments are checked before any file
+is created, and a download that fails for good before saving a block leaves nothing behind
+(see :func:`is_permanent`). :class:`BulkDownloader` runs one or many downloads on one session: they share
 the session's request limit and byte budget, plus a budget of block buffers.
 
 >>> async with BisqueSession(root, auth=auth) as bq:                       # doctest: +SKIP
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -39,9 +44,12 @@ from aiobisque.config import Config
 from aiobisque.download import DownloadStats, Progress, run_all
 from aiobisque.errors import (
     AuthenticationError,
+    BadRequestError,
     BisqueError,
     IncompleteDownloadError,
+    NotFoundError,
     PermissionDeniedError,
+    ProtocolError,
     SelectionError,
     UsageError,
 )
@@ -56,6 +64,7 @@ from aiobisque.outputs import (
     existing_output_mismatch,
     json_attr,
     output_format,
+    write_source_record,
 )
 from aiobisque.plan import make_plan
 from aiobisque.protocol import parse_uniq, redact_url, split_path
@@ -74,6 +83,7 @@ __all__ = [
     "block_index",
     "default_block_bytes",
     "default_blocks_in_flight",
+    "is_permanent",
 ]
 
 log = logging.getLogger("aiobisque")
@@ -85,6 +95,11 @@ MIN_BLOCK_BYTES = 1024 * 1024
 
 #: Errors that fail one file of a bulk run without stopping the others.
 FILE_ERRORS: tuple[type[BaseException], ...] = (BisqueError, OSError)
+#: Errors that running the same download again cannot cure: the request itself is refused.
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
+    AuthenticationError, PermissionDeniedError, NotFoundError, BadRequestError, ProtocolError,
+    UsageError, SelectionError,
+)
 
 
 class ResumeError(BisqueError):
@@ -93,6 +108,26 @@ class ResumeError(BisqueError):
 
 class OutputExistsError(BisqueError, FileExistsError):
     """The output file exists and holds something other than this download."""
+
+
+def is_permanent(exc: BaseException, transient_statuses: frozenset[int]) -> bool:
+    """Whether rerunning the same download cannot get past ``exc``.
+
+    True for the :data:`PERMANENT_ERRORS` and for any 4xx status not in
+    ``transient_statuses`` (408/429 are worth another try), on ``exc`` or its causes: a
+    request that failed for good carries the server's answer as its ``__cause__``.
+    """
+    seen: BaseException | None = exc
+    for _ in range(8):  # a cause chain is short; bounded all the same
+        if seen is None:
+            return False
+        if isinstance(seen, PERMANENT_ERRORS):
+            return True
+        status = seen.status if isinstance(seen, BisqueError) else None
+        if status is not None and 400 <= status < 500 and status not in transient_statuses:
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def _pipeline_bytes(config: Config) -> int:
@@ -165,6 +200,11 @@ class Target:
         parse_slices(self.slices)
         if self.compression not in (None, "gzip", "lzf"):
             raise UsageError(f"compression must be gzip, lzf or none, got {self.compression!r}")
+        if output_format(self.output) != "hdf5":
+            # silently writing an uncompressed .npy would hide the mistake
+            for name in ("compression", "dataset"):
+                if getattr(self, name) is not None:
+                    raise UsageError(f"{name} applies to .h5/.hdf5 outputs, not {self.output}")
 
     @property
     def index(self) -> tuple[Any, ...]:
@@ -293,13 +333,19 @@ async def _in_thread(fn: Callable[[], T]) -> T:
 
 @dataclass
 class _State:
-    """An output being filled: its file, grid and journal."""
+    """A download's decided course: skip a finished output, or fill a ``.part`` file."""
 
-    output: Output | None
-    grid: BlockGrid
-    journal: Journal
     sel: Selection
+    grid: BlockGrid
+    journal: Journal | None = None
+    output: Output | None = None
     skipped: bool = False
+
+    def close(self) -> None:
+        if self.output is not None:
+            self.output.close()
+        if self.journal is not None:
+            self.journal.close()
 
 
 class BulkDownloader:
@@ -308,8 +354,9 @@ class BulkDownloader:
     ``block_bytes`` sets the block size (default :func:`default_block_bytes`); at most
     ``blocks_in_flight`` blocks (default :func:`default_blocks_in_flight`) are fetched at
     once, and their buffers are shared by all downloads of this downloader, so memory
-    stays near the session's in-flight budget however many files run. ``restart=True`` discards partial downloads and replaces existing
-    outputs instead of resuming or skipping them.
+    stays near the session's in-flight budget however many files run. ``restart=True``
+    discards partial downloads and replaces existing outputs instead of resuming or
+    skipping them.
     """
 
     def __init__(
@@ -337,51 +384,81 @@ class BulkDownloader:
     async def download(self, target: Target) -> FileResult:
         """Download ``target`` to its file, resuming a ``.part`` file left by an earlier run.
 
-        Raises :class:`ResumeError` when the ``.part`` file's remote array changed (or
-        belongs to another request), :class:`OutputExistsError` when the output exists
-        and is something else, and the usual :class:`~aiobisque.BisqueError` subclasses;
-        on a failure the ``.part`` file and journal stay for the next run.
+        Everything that can be checked without data (the array's info, the selection, an
+        existing output or ``.part`` file) is checked before any file is created. Raises
+        :class:`ResumeError` when the ``.part`` file belongs to another request or its
+        remote array changed, :class:`OutputExistsError` when the output exists and is not
+        provably this download, and the usual :class:`~aiobisque.BisqueError` subclasses.
+        After a failure a rerun could get past (see :func:`is_permanent`) the ``.part`` file
+        and journal stay for the next run; after a permanent one before any block was saved
+        both are deleted.
         """
         started = time.perf_counter()
         out = target.output
         if not out.parent.is_dir():
             raise UsageError(f"cannot write {out}: folder {out.parent} does not exist")
         arr = await self.table.open(target.uniq, target.path)
-        journal = await _in_thread(lambda: Journal.open(_sibling(out, ".part.journal")))
-        state: _State | None = None
+        prepared: list[_State] = []
+
+        def prepare() -> _State:
+            prepared.append(self._prepare(target, arr))
+            return prepared[-1]
+
         try:
-            state = await _in_thread(lambda: self._prepare(target, arr, journal))
+            state = await _in_thread(prepare)
+        except asyncio.CancelledError:
+            for s in prepared:  # the thread finished, but its result never reached us
+                s.close()
+            raise
+        try:
             shape, dtype = state.sel.shape, arr.dtype
             if state.skipped:
                 log.info("%s already holds %s; skipped", out, target.where)
                 self.meter.add(0, 0)
                 self.meter.file_done()
                 return FileResult(target, shape, dtype, len(state.grid), skipped=True)
+            journal, output = state.journal, state.output
+            assert journal is not None and output is not None
             result = FileResult(target, shape, dtype, len(state.grid),
                                 resumed_blocks=len(journal.done))
-            await self._fill(arr, state, result.stats)
-            if len(journal.done) != len(state.grid):  # pragma: no cover - defensive
-                raise IncompleteDownloadError(
-                    f"{target.where}: only {len(journal.done)} of {len(state.grid)} blocks done")
-            output = state.output
-            assert output is not None
-            await _in_thread(lambda: output.finish(out))
+            try:
+                await self._fill(arr, state, result.stats)
+                if len(journal.done) != len(state.grid):  # pragma: no cover - defensive
+                    raise IncompleteDownloadError(f"{target.where}: only {len(journal.done)} "
+                                                  f"of {len(state.grid)} blocks done")
+                await _in_thread(lambda: output.finish(out))
+            except FILE_ERRORS as exc:
+                await _in_thread(functools.partial(self._failed, exc, state, out))
+                raise
             await _in_thread(journal.remove)
             result.stats.seconds = time.perf_counter() - started
             result.stats.complete = True
             self.meter.file_done()
             log.info("saved %s", result)
             return result
-        except FILE_ERRORS as exc:
-            if state is not None and state.output is not None and not state.skipped:
-                done = len(journal.done)
-                exc.add_note(f"{done} of {len(state.grid)} blocks are saved in "
-                             f"{_sibling(out, '.part')}; rerun the same command to resume")
-            raise
         finally:
-            if state is not None and state.output is not None:
-                state.output.close()
-            journal.close()
+            state.close()
+
+    def _failed(self, exc: BaseException, state: _State, out: Path) -> None:
+        """Say what a failed download left behind, or remove it when it is useless."""
+        assert state.journal is not None
+        part = _sibling(out, ".part")
+        done, total = len(state.journal.done), len(state.grid)
+        if not is_permanent(exc, self.table.session.config.retry.statuses):
+            exc.add_note(f"{done} of {total} blocks are saved in {part}; "
+                         "rerun the same command to resume")
+        elif done:
+            # e.g. credentials revoked half way: the blocks are good once the cause is fixed
+            exc.add_note(f"{done} of {total} blocks are kept in {part}")
+        else:
+            # rerunning cannot get further and nothing was saved: the preallocated
+            # .part file (as large as the selection) would only be litter
+            state.close()
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+            state.journal.remove()
+            log.info("removed %s: the download failed for good before any block was saved",
+                     part)
 
     def _identity(self, target: Target, arr: RemoteArray) -> dict[str, Any]:
         fmt = output_format(target.output)
@@ -396,104 +473,167 @@ class BulkDownloader:
         }
 
     @staticmethod
+    def _source(identity: dict[str, Any]) -> dict[str, Any]:
+        """What a finished output records about where its data came from."""
+        return {key: identity[key] for key in ("root", "uniq", "path", "selection")}
+
+    @staticmethod
     def _dataset(target: Target, arr: RemoteArray) -> str:
         return target.dataset or split_path(arr.info.path)[-1]
 
-    def _prepare(self, target: Target, arr: RemoteArray, journal: Journal) -> _State:
-        """Decide between skip, resume and a fresh start; open the output (blocking)."""
+    def _prepare(self, target: Target, arr: RemoteArray) -> _State:
+        """Decide between skip, resume and a fresh start (blocking).
+
+        Files are only created once every check has passed: a bad selection or an output
+        that holds something else leaves the folder as it was.
+        """
         out = target.output
         part = _sibling(out, ".part")
-        identity = self._identity(target, arr)
-        previous = None
-        if not self.restart and not journal.empty:
-            try:
-                previous = journal.load()
-            except JournalError as exc:
-                log.warning("%s; starting %s over", exc, out)
-        if previous is not None:
-            was = (tuple(previous.get("source_shape", ())), previous.get("source_dtype"))
-            now = (arr.shape, str(arr.dtype))
-            if was != now:
-                raise ResumeError(
-                    f"the remote array {target.where} changed since {part} was started: it was "
-                    f"{was[0]} {was[1]}, it is now {now[0]} {now[1]}; rerun with --restart "
-                    "to download it again from scratch"
-                )
-            for key, value in identity.items():
-                if previous.get(key) != value:
-                    raise ResumeError(
-                        f"{part} holds another download ({key} {previous.get(key)!r} there, "
-                        f"{value!r} now); rerun with --restart to discard it"
-                    )
         sel = normalize_selection(target.index, arr.shape)
-        shape, dtype = sel.shape, arr.dtype
-        fmt = identity["format"]
-        attrs = {"root": identity["root"], "uniq": identity["uniq"], "path": identity["path"],
-                 "selection": identity["selection"]}
-
-        if not self.restart and out.exists() and not part.exists():
-            # a finished download (perhaps killed between the rename and the journal's removal)
-            why = existing_output_mismatch(out, fmt, shape, dtype, dataset=identity["dataset"],
-                                           attrs=attrs if fmt == "hdf5" else None)
-            if why is not None:
-                raise OutputExistsError(
-                    f"{out} already exists and is not this download ({why}); rerun with "
-                    "--restart to replace it"
-                )
-            journal.remove()
-            return _State(None, BlockGrid(shape, 0, 1), journal, sel, skipped=True)
-
-        if previous is not None:
-            grid = BlockGrid(shape, int(previous["block_axis"]), int(previous["block_rows"]))
-            if len(grid) == previous.get("blocks") and part.exists():
-                try:
-                    resumed = self._open_output(part, fmt, identity, shape, dtype)
-                    log.info("resuming %s: %d of %d blocks already saved", out,
-                             len(journal.done), len(grid))
-                    return _State(resumed, grid, journal, sel)
-                except (OSError, ValueError) as exc:
-                    log.warning("cannot continue %s (%s); starting over", part, exc)
-            else:
-                log.warning("%s does not match its journal; starting over", part)
-
-        with contextlib.suppress(FileNotFoundError):
-            part.unlink()
-        align = chunk_grid(shape, dtype.itemsize) if fmt == "hdf5" else None
-        grid = BlockGrid.fit(shape, dtype.itemsize, self.block_bytes, align=align)
-        output: Output
-        if fmt == "npy":
-            output = NpyOutput.create(part, shape, dtype)
-        else:
-            output = Hdf5Output.create(
-                part, identity["dataset"], shape, dtype, compression=identity["compression"],
-                attrs={**attrs, "source_shape": list(arr.shape), "meta": json_attr(arr.info.meta)},
-            )
+        identity = self._identity(target, arr)
+        journal = _existing_journal(out)
         try:
-            journal.start({
-                **identity,
-                "source_shape": list(arr.shape),
-                "source_dtype": str(arr.dtype),
-                "shape": list(shape),
-                "block_axis": grid.axis,
-                "block_rows": grid.rows,
-                "blocks": len(grid),
-            })
+            previous = None if journal is None or self.restart else _load(journal, out)
+            if not self.restart and out.exists() and not part.exists():
+                return self._finished(target, arr, sel, identity, journal, previous)
+            if journal is not None and previous is not None:
+                self._check_resumable(target, arr, identity, previous)
+                resumed = self._resume(target, arr, sel, identity, journal, previous)
+                if resumed is not None:
+                    return resumed
         except BaseException:
-            output.close()
+            if journal is not None:
+                journal.close()
             raise
-        return _State(output, grid, journal, sel)
+        return self._start(target, arr, sel, identity, journal)
+
+    def _finished(self, target: Target, arr: RemoteArray, sel: Selection,
+                  identity: dict[str, Any], journal: Journal | None,
+                  previous: dict[str, Any] | None) -> _State:
+        """Skip an output that provably holds this download; refuse any other file."""
+        out = target.output
+        fmt = identity["format"]
+        source = self._source(identity)
+        if (journal is not None and previous is not None and fmt == "npy"
+                and all(previous.get(k) == v for k, v in identity.items())
+                and len(journal.done) == previous.get("blocks")):
+            # killed between the rename and the source record: the complete journal of this
+            # very download proves what the file holds
+            with contextlib.suppress(OSError):
+                write_source_record(out, source)
+        why = existing_output_mismatch(out, fmt, sel.shape, arr.dtype,
+                                       dataset=identity["dataset"], source=source)
+        if why is not None:
+            raise OutputExistsError(
+                f"{out} already exists and is not this download ({why}); rerun with "
+                "--restart to replace it"
+            )
+        if journal is not None:
+            journal.remove()
+        return _State(sel, BlockGrid(sel.shape, 0, 1), skipped=True)
 
     @staticmethod
-    def _open_output(part: Path, fmt: str, identity: dict[str, Any], shape: tuple[int, ...],
-                     dtype: np.dtype[Any]) -> Output:
-        if fmt == "npy":
-            return NpyOutput.reopen(part, shape, dtype)
-        return Hdf5Output.reopen(part, identity["dataset"], shape, dtype)
+    def _check_resumable(target: Target, arr: RemoteArray, identity: dict[str, Any],
+                         previous: dict[str, Any]) -> None:
+        """Refuse a ``.part`` file of another request, then one whose remote changed."""
+        part = _sibling(target.output, ".part")
+        # which request first: another path's array has another shape too, and "changed"
+        # would be the wrong diagnosis
+        for key, value in identity.items():
+            if previous.get(key) != value:
+                raise ResumeError(
+                    f"{part} holds another download ({key} {previous.get(key)!r} there, "
+                    f"{value!r} now); rerun with --restart to discard it"
+                )
+        was = (tuple(previous.get("source_shape", ())), previous.get("source_dtype"))
+        now = (arr.shape, str(arr.dtype))
+        if was != now:
+            raise ResumeError(
+                f"the remote array {target.where} changed since {part} was started: it was "
+                f"{was[0]} {was[1]}, it is now {now[0]} {now[1]}; rerun with --restart "
+                "to download it again from scratch"
+            )
+
+    def _resume(self, target: Target, arr: RemoteArray, sel: Selection,
+                identity: dict[str, Any], journal: Journal,
+                previous: dict[str, Any]) -> _State | None:
+        """The ``.part`` file reopened where the journal left it (``None``: start over)."""
+        out = target.output
+        part = _sibling(out, ".part")
+        try:
+            grid = BlockGrid(sel.shape, int(previous["block_axis"]),
+                             int(previous["block_rows"]))
+        except (KeyError, TypeError, ValueError):
+            log.warning("%s has no usable block grid; starting over", journal.path)
+            return None
+        if len(grid) != previous.get("blocks") or not part.exists():
+            log.warning("%s does not match its journal; starting over", part)
+            return None
+        try:
+            output = self._output(part, identity, sel.shape, arr.dtype, reopen=True)
+        except (OSError, ValueError) as exc:
+            log.warning("cannot continue %s (%s); starting over", part, exc)
+            return None
+        log.info("resuming %s: %d of %d blocks already saved", out, len(journal.done),
+                 len(grid))
+        return _State(sel, grid, journal, output)
+
+    def _start(self, target: Target, arr: RemoteArray, sel: Selection,
+               identity: dict[str, Any], journal: Journal | None) -> _State:
+        """A fresh ``.part`` file and journal (any earlier ones are discarded)."""
+        out = target.output
+        part = _sibling(out, ".part")
+        if journal is None:
+            journal = Journal.open(_sibling(out, ".part.journal"))  # also takes the lock
+        shape, dtype = sel.shape, arr.dtype
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+            align = chunk_grid(shape, dtype.itemsize) if identity["format"] == "hdf5" else None
+            grid = BlockGrid.fit(shape, dtype.itemsize, self.block_bytes, align=align)
+            output = self._output(part, identity, shape, dtype,
+                                  extra_attrs={"source_shape": list(arr.shape),
+                                               "meta": json_attr(arr.info.meta)})
+            try:
+                journal.start({
+                    **identity,
+                    "source_shape": list(arr.shape),
+                    "source_dtype": str(arr.dtype),
+                    "shape": list(shape),
+                    "block_axis": grid.axis,
+                    "block_rows": grid.rows,
+                    "blocks": len(grid),
+                })
+            except BaseException:
+                output.close()
+                raise
+        except BaseException:
+            # nothing of value was written (e.g. no disk space): leave no litter behind
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+            journal.remove()
+            raise
+        return _State(sel, grid, journal, output)
+
+    def _output(self, part: Path, identity: dict[str, Any], shape: tuple[int, ...],
+                dtype: np.dtype[Any], *, reopen: bool = False,
+                extra_attrs: dict[str, Any] | None = None) -> Output:
+        """Create (or with ``reopen``, continue) the ``.part`` file in the target's format."""
+        source = self._source(identity)
+        if identity["format"] == "npy":
+            if reopen:
+                return NpyOutput.reopen(part, shape, dtype, source=source)
+            return NpyOutput.create(part, shape, dtype, source=source)
+        if reopen:
+            return Hdf5Output.reopen(part, identity["dataset"], shape, dtype)
+        return Hdf5Output.create(part, identity["dataset"], shape, dtype,
+                                 compression=identity["compression"],
+                                 attrs={**source, **(extra_attrs or {})})
 
     async def _fill(self, arr: RemoteArray, state: _State, stats: DownloadStats) -> None:
         """Download every block the journal does not have yet."""
         grid, journal, output = state.grid, state.journal, state.output
-        assert output is not None
+        assert journal is not None and output is not None
         config = self.table.session.config
         itemsize = arr.dtype.itemsize
         plans = {}
@@ -591,6 +731,25 @@ def _check_distinct(targets: Sequence[Target]) -> None:
 
 def _sibling(path: Path, suffix: str) -> Path:
     return path.with_name(path.name + suffix)
+
+
+def _existing_journal(out: Path) -> Journal | None:
+    """The journal an earlier run left for ``out``, locked; ``None`` when there is none."""
+    try:
+        return Journal.open(_sibling(out, ".part.journal"), create=False)
+    except FileNotFoundError:
+        return None
+
+
+def _load(journal: Journal, out: Path) -> dict[str, Any] | None:
+    """The journal's header, or ``None`` when it holds none worth resuming from."""
+    if journal.empty:
+        return None
+    try:
+        return journal.load()
+    except JournalError as exc:
+        log.warning("%s; starting %s over", exc, out)
+        return None
 
 
 def _merge(total: DownloadStats, part: DownloadStats) -> None:

@@ -49,10 +49,14 @@ class Journal:
         self.done: set[int] = set()
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> Journal:
-        """Open (creating it empty if needed) and lock ``path``."""
+    def open(cls, path: str | os.PathLike[str], *, create: bool = True) -> Journal:
+        """Open and lock ``path``, creating it empty if needed.
+
+        With ``create=False`` a missing journal raises :class:`FileNotFoundError`, so that
+        a download can look at an earlier run's journal without leaving a file behind.
+        """
         path = Path(path)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

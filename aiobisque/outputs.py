@@ -5,6 +5,11 @@ hands out a writable buffer per block (for ``.npy`` a memory map of exactly that
 bytes in ``FILE.part``; for HDF5 a small numpy array), then *commits* it: the block is
 made durable (msync / HDF5 flush + fsync) before the journal may count it. Only a few
 blocks exist in memory at once, whatever the array's size.
+
+A finished output records its *source* (server root, uniq, path, selection) so that a rerun
+can prove it already holds that download: HDF5 in the dataset's attributes, ``.npy`` (which
+has no room for attributes) in ``FILE.source.json`` beside it, together with the file's size
+and modification time so that a file replaced or edited later is not vouched for.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ __all__ = [
     "Output",
     "existing_output_mismatch",
     "output_format",
+    "source_record",
 ]
 
 #: Output formats by file suffix.
@@ -38,6 +44,9 @@ FORMATS = {".npy": "npy", ".h5": "hdf5", ".hdf5": "hdf5"}
 #: Target size of one HDF5 chunk: big enough for fast I/O, small enough for partial reads.
 CHUNK_BYTES = 1024 * 1024
 COMPRESSIONS = ("gzip", "lzf")
+#: Suffix of the record kept beside a finished ``.npy`` file.
+SOURCE_SUFFIX = ".source.json"
+_SOURCE_MAGIC = "aiobisque_source"
 
 
 def output_format(path: str | os.PathLike[str]) -> str:
@@ -206,13 +215,20 @@ class NpyOutput(Output):
     to a few blocks even though the file is as large as the array.
     """
 
-    def __init__(self, part: Path, shape: tuple[int, ...], dtype: np.dtype[Any], offset: int):
+    def __init__(self, part: Path, shape: tuple[int, ...], dtype: np.dtype[Any], offset: int,
+                 source: dict[str, Any] | None = None):
         super().__init__(part, shape, dtype)
         self.offset = offset
+        self.source = source
 
     @classmethod
-    def create(cls, part: Path, shape: tuple[int, ...], dtype: np.dtype[Any]) -> NpyOutput:
-        """Write the header and reserve the file's full size on disk."""
+    def create(cls, part: Path, shape: tuple[int, ...], dtype: np.dtype[Any], *,
+               source: dict[str, Any] | None = None) -> NpyOutput:
+        """Write the header and reserve the file's full size on disk.
+
+        ``source`` (root, uniq, path, selection) goes to the source record when the file
+        is finished.
+        """
         # numpy picks the header version and sizes the file; mapping it touches no page
         mm = np.lib.format.open_memmap(part, mode="w+", dtype=dtype, shape=shape)
         offset = int(mm.offset)
@@ -220,12 +236,13 @@ class NpyOutput(Output):
         del mm
         with open(part, "r+b") as f:
             _reserve(f.fileno(), offset + math.prod(shape) * dtype.itemsize, part)
-        return cls(part, shape, dtype, offset)
+        return cls(part, shape, dtype, offset, source)
 
     @classmethod
-    def reopen(cls, part: Path, shape: tuple[int, ...], dtype: np.dtype[Any]) -> NpyOutput:
+    def reopen(cls, part: Path, shape: tuple[int, ...], dtype: np.dtype[Any], *,
+               source: dict[str, Any] | None = None) -> NpyOutput:
         """Continue a ``.part`` file (raises :class:`OSError` if it does not fit)."""
-        out = cls(part, shape, dtype, 0)
+        out = cls(part, shape, dtype, 0, source)
         out.offset = out._check()
         return out
 
@@ -253,6 +270,61 @@ class NpyOutput(Output):
 
     def verify(self) -> None:
         self._check()
+
+    def finish(self, final: Path) -> None:
+        """Rename to ``final``, then record its source beside it.
+
+        The old record goes first: a crash before the new one is written leaves the file
+        unproven (refused, or adopted from the journal), never vouched for by a stale record.
+        """
+        record = source_record(final)
+        with contextlib.suppress(FileNotFoundError):
+            record.unlink()
+        super().finish(final)
+        if self.source is not None:
+            write_source_record(final, self.source)
+
+
+def source_record(path: Path) -> Path:
+    """Where the source record of the finished ``.npy`` file ``path`` is kept."""
+    return path.with_name(path.name + SOURCE_SUFFIX)
+
+
+def write_source_record(path: Path, source: dict[str, Any]) -> None:
+    """Record beside the finished ``.npy`` file ``path`` which download it holds (atomically)."""
+    shape, dtype, _, _ = _npy_header(path)
+    st = path.stat()
+    doc = {_SOURCE_MAGIC: 1, **source, "shape": list(shape), "dtype": dtype.str,
+           "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    record = source_record(path)
+    tmp = record.with_name(record.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, record)
+    _fsync_dir(path.parent)
+
+
+def _npy_source(path: Path, shape: tuple[int, ...], dtype: np.dtype[Any]
+                ) -> tuple[dict[str, Any] | None, str]:
+    """(the recorded source of ``path``, or ``None`` and why it cannot be trusted)."""
+    record = source_record(path)
+    try:
+        doc = json.loads(record.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, f"no {record.name} beside it records which download it holds"
+    except (OSError, ValueError) as exc:
+        return None, f"its record {record.name} cannot be read ({exc})"
+    if not isinstance(doc, dict) or doc.get(_SOURCE_MAGIC) != 1:
+        return None, f"{record.name} is not an aiobisque source record"
+    st = path.stat()
+    if (doc.get("size"), doc.get("mtime_ns")) != (st.st_size, st.st_mtime_ns):
+        return None, f"it was modified after {record.name} was written"
+    if (doc.get("shape"), doc.get("dtype")) != (list(shape), dtype.str):
+        return None, f"{record.name} describes {doc.get('shape')} {doc.get('dtype')}, not the file"
+    return doc, ""
 
 
 def _unmap(mm: np.ndarray[Any, Any]) -> None:
@@ -380,32 +452,43 @@ def existing_output_mismatch(
     dtype: np.dtype[Any],
     *,
     dataset: str | None = None,
-    attrs: dict[str, Any] | None = None,
+    source: dict[str, Any] | None = None,
 ) -> str | None:
     """Why the finished file ``path`` is not this download (``None``: it is).
 
-    A ``.npy`` file matches on shape and dtype; an HDF5 file also on the source
-    attributes (uniq, path, selection) recorded when it was written.
+    ``source`` (root, uniq, path, selection) must match what the file recorded when it was
+    written: an HDF5 dataset's attributes, a ``.npy`` file's source record. A ``.npy`` file
+    without a trustworthy record is never taken for this download. Shape and dtype must
+    match too.
     """
+    recorded: dict[str, Any] = {}
     try:
         if fmt == "npy":
             got_shape, got_dtype, fortran, _ = _npy_header(path)
             if fortran:
                 return "it is in Fortran order"
+            if source is not None:
+                doc, why = _npy_source(path, got_shape, got_dtype)
+                if doc is None:
+                    return why
+                recorded = doc
         else:
             with h5py.File(path, "r") as f:
                 node = f.get(dataset or "")
                 if not isinstance(node, h5py.Dataset):
                     return f"it has no dataset {dataset!r}"
                 got_shape, got_dtype = node.shape, node.dtype
-                for key, want in (attrs or {}).items():
+                for key in source or {}:
                     have = node.attrs.get(key)
-                    if isinstance(have, bytes):
-                        have = have.decode("utf-8", "replace")
-                    if have != want:
-                        return f"its {key!r} attribute is {have!r}, not {want!r}"
+                    recorded[key] = have.decode("utf-8", "replace") \
+                        if isinstance(have, bytes) else have
     except (OSError, ValueError) as exc:
         return f"it cannot be read ({exc})"
+    # who it came from first: "selection '0' there, '1' now" says more than shapes do
+    for key, want in (source or {}).items():
+        have = recorded.get(key)
+        if have != want:
+            return f"it was downloaded with {key} {have!r}, not {want!r}"
     if tuple(got_shape) != shape or got_dtype != dtype:
         return f"it holds {tuple(got_shape)} {got_dtype}, this download is {shape} {dtype}"
     return None

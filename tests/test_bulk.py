@@ -14,7 +14,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aiobisque import BisqueSession, Config, DownloadError, NotFoundError, UsageError
+from aiobisque import (
+    BisqueError,
+    BisqueSession,
+    Config,
+    DownloadError,
+    NotFoundError,
+    PermissionDeniedError,
+    SelectionError,
+    UsageError,
+    outputs,
+)
 from aiobisque.bulk import (
     BulkDownloader,
     FileResult,
@@ -42,6 +52,7 @@ DTYPES = ["uint8", ">i2", "float32", "float64", "complex64", "bool", "S6"]
 
 def write_folder(folder: Path) -> None:
     samples.write_array(folder, "vol", "volume", (64, 24, 20), dtype="float32", seed=1)
+    samples.write_array(folder, "vol", "twin", (64, 24, 20), dtype="float32", seed=3)
     samples.write_array(folder, "vol", "grp/labels", (7, 11), dtype="uint16", seed=2)
     samples.write_array(folder, "vol", "scalar", np.array(3.5))
     for i, dt in enumerate(DTYPES):
@@ -161,6 +172,10 @@ def test_target_validates_up_front(tmp_path: Path) -> None:
         Target("bad uniq", "x", tmp_path / "a.npy")
     with pytest.raises(UsageError, match="compression"):
         Target("vol", "x", tmp_path / "a.h5", compression="zstd")
+    with pytest.raises(UsageError, match=r"compression applies to \.h5/\.hdf5 outputs, not"):
+        Target("vol", "x", tmp_path / "a.npy", compression="gzip")
+    with pytest.raises(UsageError, match=r"dataset applies to \.h5/\.hdf5 outputs, not"):
+        Target("vol", "x", tmp_path / "a.npy", dataset="d")
 
 
 # -- the journal --------------------------------------------------------------------------
@@ -303,11 +318,116 @@ async def test_rerun_of_a_finished_download_is_skipped(session: BisqueSession,
     with pytest.raises(OutputExistsError, match=r"already exists and is not this download"):
         await BulkDownloader(session.table).download(Target("vol", "volume", out, ":4"))
     # same shape, other selection: the HDF5 attributes tell them apart
-    with pytest.raises(OutputExistsError, match="'selection' attribute"):
+    with pytest.raises(OutputExistsError, match="downloaded with selection ':3', not '3:6'"):
         await BulkDownloader(session.table).download(Target("vol", "volume", out, "3:6"))
     replaced = await BulkDownloader(session.table, restart=True).download(
         Target("vol", "volume", out, ":4"))
     assert replaced.shape == (4, 24, 20) and read_output(out).shape == (4, 24, 20)
+
+
+async def test_npy_rerun_is_skipped_only_for_the_same_download(
+    session: BisqueSession, folder: Path, tmp_path: Path
+) -> None:
+    """Same shape and dtype is not enough: root, uniq, path and selection must match."""
+    out = tmp_path / "v.npy"
+    volume = expected(folder, "vol", "volume")
+    await BulkDownloader(session.table).download(Target("vol", "volume", out, "0"))
+    again = await BulkDownloader(session.table).download(Target("vol", "volume", out, "0"))
+    assert again.skipped
+    for target, why in [
+        (Target("vol", "volume", out, "1"), "selection '0', not '1'"),
+        (Target("vol", "twin", out, "0"), "path 'volume', not 'twin'"),
+    ]:
+        with pytest.raises(OutputExistsError, match=f"it was downloaded with {why}"):
+            await BulkDownloader(session.table).download(target)
+    assert np.array_equal(np.load(out), volume[0])
+    # a file replaced after the download is no longer vouched for by its record
+    np.save(out, volume[5])
+    with pytest.raises(OutputExistsError, match=r"modified after v\.npy\.source\.json"):
+        await BulkDownloader(session.table).download(Target("vol", "volume", out, "0"))
+    # nor is a .npy file without a record (written by anything else)
+    out.with_name("v.npy.source.json").unlink()
+    with pytest.raises(OutputExistsError, match=r"no v\.npy\.source\.json beside it"):
+        await BulkDownloader(session.table).download(Target("vol", "volume", out, "0"))
+    await BulkDownloader(session.table, restart=True).download(Target("vol", "volume", out, "0"))
+    assert np.array_equal(np.load(out), volume[0])
+    assert (await BulkDownloader(session.table).download(
+        Target("vol", "volume", out, "0"))).skipped
+    assert files_in(tmp_path) == ["v.npy", "v.npy.source.json"]
+
+
+async def test_killed_before_the_source_record_the_journal_proves_the_file(
+    session: BisqueSession, srv: TableServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "v.npy"
+    target = Target("vol", "volume", out, "::2")
+
+    def crash(path: Path, source: dict) -> None:
+        raise OSError("killed right after the rename")
+
+    monkeypatch.setattr(outputs, "write_source_record", crash)
+    with pytest.raises(OSError, match="killed"):
+        await BulkDownloader(session.table).download(target)
+    monkeypatch.undo()
+    assert files_in(tmp_path) == ["v.npy", "v.npy.part.journal"]
+    srv.stats.reset()
+    assert (await BulkDownloader(session.table).download(target)).skipped
+    assert data_requests(srv) == 0
+    assert files_in(tmp_path) == ["v.npy", "v.npy.source.json"]
+
+
+@pytest.mark.parametrize(
+    ("target", "error"),
+    [
+        (Target("vol", "volume", Path("x.npy"), "64"), SelectionError),
+        (Target("vol", "volume", Path("x.npy"), "1, 2, 3, 4"), SelectionError),
+        (Target("vol", "volume", Path("x.h5"), "::0"), SelectionError),
+        (Target("vol", "volume", Path("mine.npy")), OutputExistsError),
+        (Target("vol", "volume", Path("mine.h5")), OutputExistsError),
+    ],
+)
+async def test_nothing_is_created_before_the_checks_pass(
+    session: BisqueSession, tmp_path: Path, target: Target, error: type[Exception]
+) -> None:
+    np.save(tmp_path / "mine.npy", np.zeros(3))
+    with h5py.File(tmp_path / "mine.h5", "w") as f:
+        f["volume"] = np.zeros(3)
+    before = files_in(tmp_path)
+    target = Target(target.uniq, target.path, tmp_path / target.output, target.slices)
+    with pytest.raises(error):
+        await BulkDownloader(session.table).download(target)
+    assert files_in(tmp_path) == before
+
+
+@pytest.mark.parametrize("status", [400, 403, 404])
+async def test_permanent_failure_leaves_nothing_and_no_resume_hint(
+    session: BisqueSession, srv: TableServer, tmp_path: Path, status: int
+) -> None:
+    srv.faults = FaultPlan(fail_first=10**6, error_statuses=(status,))
+    with pytest.raises(BisqueError) as info:
+        await BulkDownloader(session.table).download(Target("vol", "volume", tmp_path / "v.npy"))
+    assert info.value.status == status
+    assert not getattr(info.value, "__notes__", [])  # no "rerun to resume": it cannot help
+    # refused at once: the requests already in flight, none retried
+    assert 1 <= data_requests(srv) <= SMALL.concurrency
+    assert files_in(tmp_path) == []  # the preallocated .part and its journal are gone
+
+
+async def test_permanent_failure_after_saved_blocks_keeps_them(
+    session: BisqueSession, srv: TableServer, tmp_path: Path
+) -> None:
+    out = tmp_path / "v.npy"
+    target = Target("vol", "volume", out)
+    srv.faults = FaultPlan(latency=0.02)
+    await interrupted(session, target)
+    saved = journal_blocks(out)
+    srv.faults = FaultPlan(fail_first=10**6, error_statuses=(403,))
+    with pytest.raises(PermissionDeniedError) as info:
+        await BulkDownloader(session.table, block_bytes=8 * KiB).download(target)
+    notes = info.value.__notes__
+    assert notes == [f"{saved} of {journal_header(out)['blocks']} blocks are kept in "
+                     f"{out}.part"]
+    assert files_in(tmp_path) == ["v.npy.part", "v.npy.part.journal"]
 
 
 async def test_missing_folder_and_node(session: BisqueSession, tmp_path: Path) -> None:
@@ -336,6 +456,11 @@ async def interrupted(session: BisqueSession, target: Target, blocks: int = 2) -
 
 def data_requests(server: TableServer) -> int:
     return server.stats.requests["data"]
+
+
+def journal_header(path: Path) -> dict:
+    journal = path.with_name(path.name + ".part.journal")
+    return json.loads(journal.read_bytes().splitlines()[0])
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".h5"])
@@ -391,6 +516,20 @@ async def test_other_request_on_the_same_part_is_refused(session: BisqueSession,
     with pytest.raises(ResumeError, match=r"holds another download \(selection '::2' there, "
                                           r"'1::2' now\)"):
         await BulkDownloader(session.table).download(Target("vol", "volume", out, "1::2"))
+
+
+async def test_part_of_another_path_is_refused_as_another_download(
+    session: BisqueSession, srv: TableServer, tmp_path: Path
+) -> None:
+    """Another array has another shape too: the diagnosis is "another download", not "changed"."""
+    out = tmp_path / "v.npy"
+    srv.faults = FaultPlan(latency=0.02)
+    await interrupted(session, Target("vol", "volume", out))
+    srv.faults = FaultPlan()
+    with pytest.raises(ResumeError, match=r"v\.npy\.part holds another download \(path "
+                                          r"'volume' there, 'grp/labels' now\); rerun with "
+                                          r"--restart"):
+        await BulkDownloader(session.table).download(Target("vol", "grp/labels", out))
 
 
 async def test_damaged_journal_starts_over(session: BisqueSession, folder: Path,
