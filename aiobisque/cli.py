@@ -20,6 +20,7 @@ import json
 import logging
 import netrc
 import os
+import re
 import shlex
 import sys
 import time
@@ -35,10 +36,12 @@ from aiobisque.bulk import (
     FileResult,
     Meter,
     Target,
+    default_block_bytes,
 )
 from aiobisque.config import Config, MiB
-from aiobisque.errors import BisqueError
-from aiobisque.protocol import ArrayInfo, split_path
+from aiobisque.errors import BisqueError, InsecureTransportError
+from aiobisque.outputs import output_format
+from aiobisque.protocol import ArrayInfo, redact_url, split_path
 from aiobisque.session import Auth, BisqueSession, MexToken
 
 __all__ = [
@@ -74,7 +77,8 @@ _TREE_LIMIT = 500
 _EPILOG = f"""\
 exit status:
   {EXIT_OK}  success
-  {EXIT_FAILED}  a download or request failed (partial downloads are kept: rerun to resume)
+  {EXIT_FAILED}  a download or request failed (partial downloads that a rerun can resume are
+     kept; the message says so)
   {EXIT_USAGE}  bad arguments
   {EXIT_AUTH}  authentication failed (credentials missing or rejected, or access denied)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
@@ -117,7 +121,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _mib(n: int) -> str:
+    """Bytes as MiB for help texts: ``4``, ``0.5``."""
+    return f"{n / MiB:g}"
+
+
 def _connection_options() -> argparse.ArgumentParser:
+    defaults = Config()  # help texts quote the real defaults, so they cannot drift
     common = argparse.ArgumentParser(add_help=False)
     auth = common.add_argument_group("credentials (the password is never an argument)")
     auth.add_argument("--user", metavar="NAME",
@@ -129,11 +139,13 @@ def _connection_options() -> argparse.ArgumentParser:
                       help="allow credentials over plain http to a non-local host")
     tuning = common.add_argument_group("transfer")
     tuning.add_argument("--concurrency", type=_positive_int, metavar="N",
-                        help="most requests in flight (default 16)")
+                        help=f"most requests in flight (default {defaults.concurrency})")
     tuning.add_argument("--request-mb", type=_positive_float, metavar="M",
-                        help="payload per range request in MiB (default 4)")
+                        help="payload per range request in MiB "
+                             f"(default {_mib(defaults.request_bytes)})")
     tuning.add_argument("--inflight-mb", type=_positive_float, metavar="M",
-                        help="most MiB held by requests in flight, bounds memory (default 96)")
+                        help="most MiB held by requests in flight, bounds memory "
+                             f"(default {_mib(defaults.inflight_bytes)})")
     common.add_argument("-v", "--verbose", action="count", default=0,
                         help="log what happens (-vv: debug)")
     return common
@@ -152,20 +164,22 @@ def _add_download_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", metavar="NAME",
                    help="HDF5 dataset name (default: the path's last component)")
     p.add_argument("--compression", choices=("gzip", "lzf", "none"), default="none",
-                   help="HDF5 compression (default none)")
+                   help="HDF5 compression (default none; .h5/.hdf5 outputs only)")
     p.add_argument("--restart", action="store_true",
                    help="discard a partial download (or an existing output) and start over")
     p.add_argument("--from-list", type=Path, metavar="FILE",
                    help="download every line 'UNIQ PATH OUTPUT [SLICES]' of FILE "
                         "(shell quoting, # comments)")
     p.add_argument("--jobs", type=_positive_int, default=4, metavar="N",
-                   help="files downloaded at once with --from-list (default 4)")
+                   help="files downloaded at once with --from-list (default %(default)s)")
     p.add_argument("--block-mb", type=_positive_float, metavar="M",
                    help="MiB per block, the unit that is synced, journaled and resumed "
-                        "(default: two requests, at least 1 MiB)")
+                        f"(default {_mib(default_block_bytes(Config()))}: two requests, "
+                        "at least 1 MiB)")
     p.add_argument("--no-progress", action="store_true", help="no progress output")
     p.add_argument("--progress-interval", type=_positive_float, default=10.0, metavar="S",
-                   help="seconds between progress lines when stderr is not a terminal")
+                   help="seconds between progress lines when stderr is not a terminal "
+                        "(default %(default)g)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,13 +260,44 @@ def _is_root_url(text: str) -> bool:
     return "resource=" not in parts.query and "/data_service/" not in parts.path + "/"
 
 
-def _split_positionals(args: argparse.Namespace, wanted: str) -> tuple[str, list[str]]:
-    """(root, the other positionals): ROOT is optional when ``$BISQUE_ROOT`` is set."""
+#: ``host:port`` (optionally with a path): a server named without its scheme.
+_HOST_PORT = re.compile(r"[\w.-]+:\d+(/.*)?")
+
+
+def _meant_as_root(text: str, given: int, most: int) -> bool:
+    """Whether a first positional that is no http(s) root was meant as ROOT anyway.
+
+    It was when there is one positional too many for UNIQ [PATH], or when it is clearly a
+    server: another scheme (``ftp://host``) or ``host:port``.
+    """
+    if text.startswith(("http://", "https://")):
+        return given > most  # a resource URL in ROOT's place
+    return given > most or "://" in text or bool(_HOST_PORT.fullmatch(text))
+
+
+def _bad_root(text: str, where: str = "ROOT") -> CommandError:
+    if text.startswith(("http://", "https://")):
+        return CommandError(f"{where} must be a server's root URL such as https://host, "
+                            f"got {redact_url(text)!r}")
+    shown = text.rpartition("@")[2]  # never echo userinfo: it may hold a password
+    return CommandError(f"{where} must start with http:// or https://, got {shown!r}")
+
+
+def _split_positionals(args: argparse.Namespace, wanted: str,
+                       most: int = 2) -> tuple[str, list[str]]:
+    """(root, the other positionals): ROOT is optional when ``$BISQUE_ROOT`` is set.
+
+    ``most`` is how many positionals the command takes after ROOT.
+    """
     given = [x for x in (args.root, args.uniq, args.path) if x is not None]
+    where = "ROOT"
     if given and _is_root_url(given[0]):
         root = given.pop(0)
+    elif given and _meant_as_root(given[0], len(given), most):
+        raise _bad_root(given[0])
     elif os.environ.get(ROOT_ENV):
         root = os.environ[ROOT_ENV]
+        where = f"${ROOT_ENV}"
     elif given and "/data_service/" in urlsplit(given[0]).path:
         # a data_service URL names its server too
         url = given[0]
@@ -265,16 +310,24 @@ def _split_positionals(args: argparse.Namespace, wanted: str) -> tuple[str, list
         raise CommandError(
             "ROOT must not contain credentials; use --user with $BISQUE_PASSWORD or ~/.netrc")
     if not root.startswith(("http://", "https://")) or not parts.hostname:
-        raise CommandError(f"ROOT must be an http(s) URL such as https://host, got {root!r}")
+        raise _bad_root(root, where)
     return root, given
 
 
 # -- credentials --------------------------------------------------------------------------
 
 
+def _netrc_file() -> tuple[str, str]:
+    """(the netrc file in use, how to name it in messages): ``$NETRC`` or ``~/.netrc``."""
+    path = os.environ.get("NETRC")
+    if path:
+        return path, f"$NETRC ({path})"
+    return os.path.join(os.path.expanduser("~"), ".netrc"), "~/.netrc"
+
+
 def _netrc_entry(host: str) -> tuple[str, str] | None:
     """(login, password) for ``host`` from ``$NETRC`` or ``~/.netrc``, if there is one."""
-    path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    path, _ = _netrc_file()
     if not os.path.isfile(path):
         return None
     try:
@@ -290,9 +343,27 @@ def _netrc_entry(host: str) -> tuple[str, str] | None:
     return entry[0], entry[2]
 
 
+def _session(args: argparse.Namespace, root: str, auth: Auth) -> BisqueSession:
+    """The command's session (nothing is sent before it is entered).
+
+    The session refuses credentials over plain http to another host; here that refusal
+    names the option that lifts it.
+    """
+    try:
+        return BisqueSession(root, auth=auth, config=_config(args))
+    except InsecureTransportError:
+        raise CommandError(
+            f"refusing to send credentials unencrypted to {redact_url(root)} (plain http); "
+            "use https, or pass --allow-insecure if you accept the risk") from None
+
+
 def resolve_auth(args: argparse.Namespace, root: str) -> Auth:
     """Credentials from the options, environment, netrc or a prompt; ``None``: anonymous."""
     host = urlsplit(root).hostname or ""
+    if args.mex_token_env or args.user:
+        # refuse before asking for a password that could not be sent: the session's own
+        # rule decides, on a stand-in credential (a session does no I/O until entered)
+        _session(args, root, MexToken("-"))
     if args.mex_token_env:
         token = os.environ.get(args.mex_token_env)
         if not token:
@@ -309,7 +380,7 @@ def resolve_auth(args: argparse.Namespace, root: str) -> Auth:
             if not sys.stdin.isatty():
                 raise CommandError(
                     f"no password for user {args.user!r}: set ${PASSWORD_ENV}, add {host} "
-                    "to ~/.netrc, or run in a terminal to be asked", EXIT_AUTH)
+                    f"to {_netrc_file()[1]}, or run in a terminal to be asked", EXIT_AUTH)
             password = getpass.getpass(f"password for {args.user} at {host}: ")
         return (args.user, password)
     entry = _netrc_entry(host)
@@ -431,6 +502,11 @@ def _targets(args: argparse.Namespace, rest: list[str]) -> list[Target]:
     if args.output is None:
         raise CommandError("download needs -o FILE (.npy, .h5 or .hdf5)")
     try:
+        if output_format(args.output) != "hdf5":
+            for option, value in (("--compression", compression), ("--dataset", args.dataset)):
+                if value is not None:
+                    raise CommandError(f"{option} applies to .h5/.hdf5 outputs, "
+                                       f"not {args.output}")
         return [Target(rest[0], rest[1], args.output, args.slices, dataset=args.dataset,
                        compression=compression)]
     except ARGUMENT_ERRORS as exc:
@@ -473,11 +549,11 @@ def read_list(path: Path, *, dataset: str | None = None,
     return targets
 
 
-async def _download(args: argparse.Namespace, root: str, auth: Auth,
+async def _download(args: argparse.Namespace, session: BisqueSession,
                     targets: list[Target]) -> int:
     display = _display(args, sys.stderr)
     try:
-        async with BisqueSession(root, auth=auth, config=_config(args)) as bq:
+        async with session as bq:
             downloader = BulkDownloader(
                 bq.table, meter=Meter(display.update), restart=args.restart,
                 block_bytes=int(args.block_mb * MiB) if args.block_mb else None,
@@ -505,8 +581,8 @@ def _summary(targets: list[Target], results: list[FileResult | BaseException]) -
     return EXIT_FAILED if failed else EXIT_OK
 
 
-async def _info(args: argparse.Namespace, root: str, auth: Auth, uniq: str, path: str) -> int:
-    async with BisqueSession(root, auth=auth, config=_config(args)) as bq:
+async def _info(args: argparse.Namespace, session: BisqueSession, uniq: str, path: str) -> int:
+    async with session as bq:
         info = await bq.table.info(uniq, path)
         if info.kind == "group":
             tree = await _tree(bq, info)
@@ -594,16 +670,17 @@ def _info_command(args: argparse.Namespace) -> int:
     root, rest = _split_positionals(args, "aiobisque info [ROOT] UNIQ [PATH]")
     if not 1 <= len(rest) <= 2:
         raise CommandError("info needs UNIQ and optionally PATH")
-    auth = resolve_auth(args, root)
-    return _run(_info(args, root, auth, rest[0], rest[1] if len(rest) > 1 else ""))
+    session = _session(args, root, resolve_auth(args, root))
+    return _run(_info(args, session, rest[0], rest[1] if len(rest) > 1 else ""))
 
 
 def _download_command(args: argparse.Namespace) -> int:
-    root, rest = _split_positionals(args, "aiobisque download [ROOT] UNIQ PATH -o FILE")
+    root, rest = _split_positionals(args, "aiobisque download [ROOT] UNIQ PATH -o FILE",
+                                    most=0 if args.from_list is not None else 2)
     targets = _targets(args, rest)
-    auth = resolve_auth(args, root)
+    session = _session(args, root, resolve_auth(args, root))
     _return_big_buffers_to_os()
-    return _run(_download(args, root, auth, targets))
+    return _run(_download(args, session, targets))
 
 
 def _return_big_buffers_to_os() -> None:

@@ -13,9 +13,10 @@ import h5py
 import numpy as np
 import pytest
 
-from aiobisque import cli
+from aiobisque import Config, cli
 from aiobisque.cli import EXIT_AUTH, EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
-from aiobisque.server import TableServer, samples, serve_in_thread
+from aiobisque.config import MiB
+from aiobisque.server import FaultPlan, TableServer, samples, serve_in_thread
 
 PASSWORD = "s3cret-Pa55-word"  # distinctive, so any leak is easy to find
 USERS = {"carol": PASSWORD, "alice": "wonderland"}
@@ -79,6 +80,17 @@ def test_help(capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
         assert "exit status:" in out and "3  authentication failed" in out
 
 
+def test_help_states_the_real_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["download", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # help wraps lines anywhere
+    defaults = Config()
+    assert f"--concurrency N most requests in flight (default {defaults.concurrency})" in out
+    assert f"(default {defaults.request_bytes / MiB:g})" in out
+    assert f"bounds memory (default {defaults.inflight_bytes / MiB:g})" in out
+    assert f"(default {max(1, 2 * defaults.request_bytes / MiB):g}: two requests" in out
+
+
 def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["download", "--concurrency", "0"])
@@ -137,7 +149,29 @@ def test_info_root_from_environment(capsys: pytest.CaptureFixture[str], server: 
     [
         (["info", "vol"], "no server given: pass ROOT"),
         (["info", "https://u:pw@host", "vol"], "ROOT must not contain credentials"),
-        (["info", "ftp://host", "vol", "x"], "no server given"),
+        (["info", "ftp://host", "vol", "x"],
+         "ROOT must start with http:// or https://, got 'ftp://host'"),
+        # a server without its scheme is named as ROOT, not taken for a uniq
+        (["info", "127.0.0.1:42053", "vol", "a"],
+         "ROOT must start with http:// or https://, got '127.0.0.1:42053'"),
+        (["info", "localhost:8080", "vol"],
+         "ROOT must start with http:// or https://, got 'localhost:8080'"),
+        (["download", "bisque.example.org", "vol", "v", "-o", "x.npy"],
+         "ROOT must start with http:// or https://, got 'bisque.example.org'"),
+        (["download", "carol:pw@h:80", "--from-list", "l.txt"],
+         "ROOT must start with http:// or https://, got 'h:80'"),
+        (["info", "http://h/data_service/vol", "vol", "a"],
+         "ROOT must be a server's root URL such as https://host"),
+        # credentials over plain http: the option that allows it, and a usage status
+        (["info", "http://example.org", "vol", "a", "--user", "alice"],
+         "pass --allow-insecure if you accept the risk"),
+        (["download", "http://h", "vol", "v", "-o", "x.npy", "--mex-token-env", "MEX"],
+         "pass --allow-insecure if you accept the risk"),
+        # HDF5 options are not silently dropped for a .npy output
+        (["download", "http://h", "vol", "v", "-o", "y.npy", "--compression", "gzip"],
+         "--compression applies to .h5/.hdf5 outputs, not y.npy"),
+        (["download", "http://h", "vol", "v", "-o", "y.npy", "--dataset", "d"],
+         "--dataset applies to .h5/.hdf5 outputs, not y.npy"),
         (["download", "http://h", "vol"], "download needs UNIQ and PATH"),
         (["download", "http://h", "vol", "v"], "download needs -o FILE"),
         (["download", "http://h", "vol", "v", "-o", "x.zarr"], "must end with one of .npy"),
@@ -148,7 +182,7 @@ def test_info_root_from_environment(capsys: pytest.CaptureFixture[str], server: 
         (["download", "http://h", "bad uniq", "v", "-o", "x.npy"], "not a BisQue resource"),
         (["download", "http://h", "vol", "-o", "x.npy", "--from-list", "l.txt"],
          "with --from-list give only ROOT"),
-        (["info", "http://h", "vol", "--mex-token-env", "MEX"], "MEX is not set"),
+        (["info", "https://h", "vol", "--mex-token-env", "MEX"], "MEX is not set"),
     ],
 )
 def test_argument_errors(capsys: pytest.CaptureFixture[str], argv: list[str],
@@ -157,6 +191,7 @@ def test_argument_errors(capsys: pytest.CaptureFixture[str], argv: list[str],
     assert status == EXIT_USAGE
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith(f"aiobisque {argv[0]}: error: ")
+    assert "allow_insecure=True" not in err and "pw" not in err
 
 
 # -- download -----------------------------------------------------------------------------
@@ -220,6 +255,64 @@ def test_typo_in_path_is_a_clear_not_found(capsys: pytest.CaptureFixture[str],
     assert list(tmp_path.iterdir()) == []
 
 
+def test_rerun_with_another_selection_is_refused(capsys: pytest.CaptureFixture[str],
+                                                server: TableServer, folder: Path,
+                                                tmp_path: Path, login: list[str]) -> None:
+    """A finished .npy file is skipped only when it provably holds the same download."""
+    out_file = tmp_path / "full2.npy"
+    argv = ["download", server.root, "vol", "volume", "-o", out_file, *login]
+    assert run(capsys, *argv, "--slices", "0")[0] == EXIT_OK
+    status, out, _ = run(capsys, *argv, "--slices", "0")
+    assert status == EXIT_OK and "already downloaded" in out
+    status, out, err = run(capsys, *argv, "--slices", "1")
+    assert status == EXIT_FAILED and "already downloaded" not in out
+    assert (f"{out_file} already exists and is not this download (it was downloaded with "
+            "selection '0', not '1'); rerun with --restart to replace it") in err
+    volume = expected(folder, "vol", "volume")
+    assert np.array_equal(np.load(out_file), volume[0])  # untouched
+    assert run(capsys, *argv, "--slices", "1", "--restart")[0] == EXIT_OK
+    assert np.array_equal(np.load(out_file), volume[1])
+    status, out, _ = run(capsys, *argv, "--slices", "1")
+    assert status == EXIT_OK and "already downloaded" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full2.npy",
+                                                          "full2.npy.source.json"]
+
+
+@pytest.mark.parametrize("slices", ["40", "1,2,3,4", "::0", "0, 0, 0, 0"])
+def test_bad_selection_creates_no_file(capsys: pytest.CaptureFixture[str], server: TableServer,
+                                       tmp_path: Path, login: list[str], slices: str) -> None:
+    status, _, err = run(capsys, "download", server.root, "vol", "volume", "-o",
+                         tmp_path / "x.npy", "--slices", slices, *login)
+    assert status == EXIT_USAGE and err.startswith("aiobisque download: error: ")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mismatched_output_creates_no_file(capsys: pytest.CaptureFixture[str],
+                                           server: TableServer, tmp_path: Path,
+                                           login: list[str]) -> None:
+    mine = tmp_path / "mine.npy"
+    np.save(mine, np.zeros((3, 3)))
+    status, _, err = run(capsys, "download", server.root, "vol", "volume", "-o", mine, *login)
+    assert status == EXIT_FAILED
+    assert "mine.npy already exists and is not this download (no mine.npy.source.json" in err
+    assert list(tmp_path.iterdir()) == [mine] and np.load(mine).shape == (3, 3)
+
+
+def test_permanent_failure_has_no_resume_hint(capsys: pytest.CaptureFixture[str],
+                                              server: TableServer, tmp_path: Path,
+                                              login: list[str]) -> None:
+    """A refused data request cannot be cured by a rerun: no hint, no preallocated .part."""
+    server.faults = FaultPlan(fail_first=10**6, error_statuses=(404,))
+    try:
+        status, _, err = run(capsys, "download", server.root, "vol", "volume", "-o",
+                             tmp_path / "x.npy", *login)
+    finally:
+        server.faults = FaultPlan()
+    assert status == EXIT_FAILED and "(HTTP 404)" in err and err.count("\n") == 1
+    assert "rerun" not in err and "resume" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_selection_out_of_range_is_a_usage_error(capsys: pytest.CaptureFixture[str],
                                                  server: TableServer, tmp_path: Path,
                                                  login: list[str]) -> None:
@@ -254,6 +347,27 @@ def test_from_list_with_one_bad_entry(capsys: pytest.CaptureFixture[str], server
     with h5py.File("labels.h5", "r") as f:
         assert np.array_equal(f["labels"][()], expected(folder, "vol", "grp/labels")[-1])
     assert out.count("done    ") == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "labels.h5", "phases one.h5", "v.npy", "v.npy.source.json", "wanted.txt"]
+
+
+def test_from_list_rerun_fetches_no_data(capsys: pytest.CaptureFixture[str],
+                                         server: TableServer, tmp_path: Path,
+                                         login: list[str], monkeypatch: pytest.MonkeyPatch
+                                         ) -> None:
+    monkeypatch.chdir(tmp_path)
+    listing = tmp_path / "wanted.txt"
+    listing.write_text("vol volume a.npy ::2\nvol volume b.npy 1::2\nvol grp/labels c.h5\n"
+                       "vol volume bad.npy 99\n")
+    argv = ["download", server.root, "--from-list", listing, *login]
+    status, out, _ = run(capsys, *argv)
+    assert status == EXIT_FAILED and "4 downloads: 3 done, 1 failed" in out
+    assert "FAILED  bad.npy (vol/volume): index 99 is out of bounds" in out
+    server.stats.reset()
+    status, out, _ = run(capsys, *argv)
+    assert status == EXIT_FAILED and out.count("already downloaded") == 3
+    assert server.stats.requests["data"] == 0
+    assert not list(tmp_path.glob("bad.npy*"))  # the failed line left nothing behind
 
 
 @pytest.mark.parametrize(
@@ -292,10 +406,17 @@ def test_wrong_password_exits_3(capsys: pytest.CaptureFixture[str], server: Tabl
 
 
 def test_missing_password_without_terminal_exits_3(capsys: pytest.CaptureFixture[str],
-                                                   server: TableServer) -> None:
+                                                   server: TableServer, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     status, _, err = run(capsys, "info", server.root, "vol", "--user", "carol")
     assert status == EXIT_AUTH
     assert "no password for user 'carol': set $BISQUE_PASSWORD" in err
+    # the hint names the netrc file actually read
+    assert f"add 127.0.0.1 to $NETRC ({tmp_path / 'no-netrc'})," in err
+    monkeypatch.delenv("NETRC")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    status, _, err = run(capsys, "info", server.root, "vol", "--user", "carol")
+    assert status == EXIT_AUTH and "add 127.0.0.1 to ~/.netrc," in err
 
 
 def test_password_prompt_on_a_terminal(capsys: pytest.CaptureFixture[str], server: TableServer,
@@ -337,7 +458,7 @@ def test_mex_token(capsys: pytest.CaptureFixture[str], server: TableServer,
     assert status == EXIT_OK, err
     monkeypatch.setenv("MEX", "bad-token")
     status, _, err = run(capsys, "info", server.root, "vol", "--mex-token-env", "MEX")
-    assert status == EXIT_AUTH and "rejected the credentials of the Mex token" in err
+    assert status == EXIT_AUTH and "rejected the Mex token" in err
     assert "bad-token" not in err
 
 
