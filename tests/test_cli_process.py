@@ -26,6 +26,10 @@ REPO = Path(aiobisque.__file__).resolve().parents[1]
 #: 4 MiB volume: 64 requests of 64 KiB, 16 blocks of 256 KiB
 SMALL_ARGS = ["--request-mb", "0.0625", "--block-mb", "0.25", "--concurrency", "4",
               "--no-progress"]
+#: the 4 MiB download takes at least 8 s, so it is still running when the test acts on it
+SLOW = FaultPlan(latency=0.05, total_bandwidth=512 * 1024)
+#: every data request from now on waits: the child makes no progress the test did not see
+STALLED = FaultPlan(latency=600)
 #: the memory test's array is several times the in-flight budget of 4 MiB
 BIG_SHAPE = (256, 256, 256)  # float32: 64 MiB
 
@@ -79,6 +83,19 @@ def wait_for_blocks(proc: subprocess.Popen[str], output: Path, blocks: int) -> N
         time.sleep(0.02)
 
 
+def hold_after_blocks(proc: subprocess.Popen[str], server: TableServer, output: Path,
+                      blocks: int) -> None:
+    """Wait for ``blocks`` journaled blocks, then stall the server under the child.
+
+    The kill (or Ctrl-C) that follows lands on a download that is provably unfinished,
+    however loaded the machine is.
+    """
+    wait_for_blocks(proc, output, blocks)
+    server.faults = STALLED
+    assert proc.poll() is None, proc.communicate()
+    assert not output.exists() and journaled_blocks(output) < 16
+
+
 def test_python_m_help() -> None:
     done = subprocess.run([sys.executable, "-m", "aiobisque", "--help"], capture_output=True,
                           text=True, env=child_env(), timeout=60)
@@ -91,11 +108,11 @@ def test_kill_9_then_resume(server: TableServer, folder: Path, tmp_path: Path,
                             suffix: str, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / f"v{suffix}"
     argv = ["download", server.root, "vol", "volume", "-o", out, "--user", "carol", *SMALL_ARGS]
-    server.faults = FaultPlan(latency=0.05)
+    server.faults = SLOW
     try:
         proc = start(*argv)
         try:
-            wait_for_blocks(proc, out, 3)
+            hold_after_blocks(proc, server, out, 3)
             with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
                 assert PASSWORD.encode() not in f.read()  # never in the process list
             proc.send_signal(signal.SIGKILL)
@@ -129,17 +146,22 @@ def test_changed_remote_after_kill_is_detected(tmp_path: Path,
     remote.mkdir()
     samples.write_array(remote, "vol", "volume", (256, 64, 64), dtype="float32", seed=4)
     out = tmp_path / "v.npy"
-    with serve_in_thread(remote, users={"carol": PASSWORD},
-                         faults=FaultPlan(latency=0.05)) as server:
+    with serve_in_thread(remote, users={"carol": PASSWORD}, faults=SLOW) as server:
         argv = ["download", server.root, "vol", "volume", "-o", out, "--user", "carol",
                 *SMALL_ARGS]
         proc = start(*argv)
         try:
-            wait_for_blocks(proc, out, 2)
+            hold_after_blocks(proc, server, out, 2)
         finally:
             proc.kill()
             proc.communicate(timeout=30)
-        samples.write_array(remote, "vol", "volume", (128, 64, 64), dtype="int16", seed=6)
+        assert out.with_name("v.npy.part").exists() and not out.exists()
+        # the new version replaces the file whole: a server thread may still be reading the
+        # old one for a request of the killed child, and HDF5 refuses to rewrite an open file
+        staging = tmp_path / "staging"
+        staging.mkdir()
+        samples.write_array(staging, "vol", "volume", (128, 64, 64), dtype="int16", seed=6)
+        os.replace(samples.resource_file(staging, "vol"), samples.resource_file(remote, "vol"))
         server.faults = FaultPlan()
         assert main([str(a) for a in argv]) == EXIT_FAILED
         err = capsys.readouterr().err
@@ -153,12 +175,12 @@ def test_changed_remote_after_kill_is_detected(tmp_path: Path,
 
 def test_ctrl_c_keeps_the_part_file(server: TableServer, tmp_path: Path) -> None:
     out = tmp_path / "v.npy"
-    server.faults = FaultPlan(latency=0.05)
+    server.faults = SLOW
     try:
         proc = start("download", server.root, "vol", "volume", "-o", out, "--user", "carol",
                      *SMALL_ARGS)
         try:
-            wait_for_blocks(proc, out, 1)
+            hold_after_blocks(proc, server, out, 1)
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=30)
         finally:
