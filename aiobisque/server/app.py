@@ -27,6 +27,7 @@ import time
 import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -190,6 +191,14 @@ class TableServer:
                 return owner
         raise _AuthFailed
 
+    def _readable(self, uniq: str, user: str | None) -> Path | web.Response:
+        """The resource's file, or the 404/401/403 response that refuses it."""
+        file = self.store.locate(uniq)
+        if file is None:
+            return _text(404, "no such resource")
+        denied = self._check_access(uniq, user)
+        return file if denied is None else denied
+
     def _check_access(self, uniq: str, user: str | None) -> web.Response | None:
         if uniq in self.public:
             return None
@@ -282,12 +291,9 @@ class TableServer:
         return _xml(root)
 
     def _resource(self, uniq: str, user: str | None) -> web.Response:
-        file = self.store.locate(uniq)
-        if file is None:
-            return _text(404, "no such resource")
-        denied = self._check_access(uniq, user)
-        if denied is not None:
-            return denied
+        file = self._readable(uniq, user)
+        if isinstance(file, web.Response):
+            return file
         stat = file.stat()
         ts = datetime.datetime.fromtimestamp(stat.st_mtime, datetime.UTC)
         element = ET.Element(
@@ -385,12 +391,9 @@ class TableServer:
         decision: FaultDecision,
         outcome: _DataOutcome,
     ) -> web.StreamResponse:
-        file = self.store.locate(uniq)
-        if file is None:
-            return _text(404, "no such resource")
-        denied = self._check_access(uniq, user)
-        if denied is not None:
-            return denied
+        file = self._readable(uniq, user)
+        if isinstance(file, web.Response):
+            return file
         if decision.kind in ("error", "throttle"):
             self.stats.faults[decision.kind] += 1
             outcome.fault = decision.kind
