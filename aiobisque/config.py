@@ -52,6 +52,8 @@ class RetryPolicy:
     statuses: frozenset[int] = TRANSIENT_STATUSES
 
     def __post_init__(self) -> None:
+        never = sorted(set(self.statuses) & {400, 401, 403, 404, 501})
+        _check(not never, f"statuses {never} are never retried (the request itself is wrong)")
         _check(self.max_attempts >= 1, f"max_attempts must be >= 1, got {self.max_attempts}")
         _check(self.max_delay > 0, f"max_delay must be > 0, got {self.max_delay}")
         _check(
@@ -64,6 +66,10 @@ class RetryPolicy:
 
     def download_budget(self, n_requests: int) -> int:
         return max(self.budget_min, int(self.budget * n_requests))
+
+
+#: options that shape a session (its limiter, its trust), not a single call
+_SESSION_ONLY = frozenset({"adaptive", "min_concurrency", "allow_insecure", "trusted_origins"})
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,9 @@ class Config:
       while reading a response (per read, so big downloads are never cut by a total limit).
     - ``adaptive``: lower concurrency on 429/503/timeouts, raise it again on success.
     - ``allow_insecure``: permit credentials over plain http to a non-loopback host.
+    - ``trusted_origins``: other origins (``"https://host:port"``) that may receive the
+      credentials; by default only the root's origin does, even when ``/services`` places
+      a service elsewhere (a proxy setup has to name it here).
     - ``verify_checksum``: check ``Content-MD5`` / ``x-content-md5`` when the server sends it.
     """
 
@@ -93,6 +102,7 @@ class Config:
     allow_insecure: bool = False
     verify_checksum: bool = True
     max_redirects: int = 5
+    trusted_origins: tuple[str, ...] = ()
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
@@ -108,6 +118,33 @@ class Config:
         _check(self.read_timeout > 0, "read_timeout must be > 0")
         _check(self.max_redirects >= 0, "max_redirects must be >= 0")
         _check(isinstance(self.retry, RetryPolicy), "retry must be a RetryPolicy")
+        origins = (self.trusted_origins,) if isinstance(self.trusted_origins, str) \
+            else tuple(self.trusted_origins)
+        for o in origins:
+            _check(isinstance(o, str) and o.startswith(("http://", "https://")),
+                   f"trusted_origins must be http(s) URLs, got {o!r}")
+        object.__setattr__(self, "trusted_origins", origins)
+
+    def for_call(self, **changes: Any) -> Config:
+        """A copy with options changed for one call on a session configured as ``self``.
+
+        The limits a session shares between its calls can only be lowered per call
+        (``concurrency``, ``inflight_bytes``); options that shape the session itself are
+        refused rather than silently ignored.
+        """
+        fixed = sorted(set(changes) & _SESSION_ONLY)
+        if fixed:
+            raise UsageError(
+                f"{', '.join(fixed)} can only be set for the whole session "
+                "(BisqueSession(..., option=value))"
+            )
+        cfg = self.replace(**changes)
+        if cfg.concurrency > self.concurrency:
+            raise UsageError(
+                f"concurrency={cfg.concurrency} for one call exceeds the session's "
+                f"{self.concurrency}, which every call shares; raise it on the session"
+            )
+        return cfg
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some options changed (unknown names raise ``UsageError``)."""

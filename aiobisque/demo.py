@@ -128,8 +128,8 @@ async def _run(args: argparse.Namespace, folder: Path) -> list[_Row]:
                 stats = DownloadStats()
                 # what bqapi does: the whole selection in one request, no concurrency
                 got = await table.load_array(
-                    VOLUME_UNIQ, VOLUME_PATH, stats=stats, concurrency=1, min_concurrency=1,
-                    request_bytes=max(1, want.nbytes), adaptive=False)
+                    VOLUME_UNIQ, VOLUME_PATH, stats=stats, concurrency=1,
+                    request_bytes=max(1, want.nbytes))
                 rows.append(_Row("volume, one request (bqapi-style)", stats,
                                  got.tobytes() == want.tobytes()))
     return rows

@@ -21,7 +21,7 @@ import numpy as np
 from aiobisque.config import Config
 from aiobisque.decode import StreamDecoder
 from aiobisque.errors import BisqueError, DownloadError
-from aiobisque.fetch import RetryBudget, Transport, retrying
+from aiobisque.fetch import ByteBudget, RetryBudget, Transport, retrying
 from aiobisque.plan import Plan, Request
 
 __all__ = ["DownloadStats", "Progress", "ProgressCallback", "run_all", "run_plan"]
@@ -126,6 +126,8 @@ async def run_plan(
     loop = asyncio.get_running_loop()
     requests = iter(plan)
     started = time.perf_counter()
+    call_bytes = (ByteBudget(config.inflight_bytes)
+                  if config.inflight_bytes < transport.bytes.capacity else None)
 
     async def fetch(req: Request) -> None:
         url = url_for(req)
@@ -156,6 +158,8 @@ async def run_plan(
             stats.attempts += 1
             tracker.done_bytes -= received
             received = 0
+            # a call may hold fewer bytes than the session allows all calls together
+            held_call = await call_bytes.acquire(req.nbytes) if call_bytes else 0
             held = await transport.bytes.acquire(req.nbytes)
             try:
                 view_index: tuple[Any, ...] = (*req.out_sel, Ellipsis)  # a view, even 0-d
@@ -182,6 +186,8 @@ async def run_plan(
                         raise
             finally:
                 await transport.bytes.release(held)
+                if call_bytes:
+                    await call_bytes.release(held_call)
 
         try:
             await retrying(attempt, config.retry, budget=budget, on_retry=on_retry)
@@ -221,15 +227,23 @@ async def run_all(workers: list[Callable[[], Any]]) -> None:
     tasks = [asyncio.ensure_future(w()) for w in workers]
     if not tasks:
         return
+    cancelled_again = False
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     finally:
         for t in tasks:
             t.cancel()
-        await asyncio.wait(tasks)
+        while True:  # even if cancelled again meanwhile: no worker may outlive this call
+            try:
+                await asyncio.wait(tasks)
+                break
+            except asyncio.CancelledError:
+                cancelled_again = True
         # retrieve every task's exception (two workers may fail together, or fail while the
         # caller is being cancelled), so none is reported as "never retrieved"
         errors = [t.exception() for t in tasks if not t.cancelled()]
+    if cancelled_again:
+        raise asyncio.CancelledError
     first = next((e for e in errors if e is not None), None)
     if first is not None:
         raise first

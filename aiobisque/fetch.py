@@ -19,6 +19,7 @@ aiobisque errors in exactly one place (:func:`_translate` and :func:`status_erro
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
 import time
@@ -35,8 +36,10 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
+    stop_any,
     stop_before_delay,
 )
+from tenacity.stop import stop_base
 from yarl import URL
 
 from aiobisque.config import Config, RetryPolicy
@@ -71,6 +74,7 @@ log = logging.getLogger("aiobisque")
 T = TypeVar("T")
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_NEVER_RETRIED = frozenset({400, 401, 403, 404, 501})
 
 
 def origin(url: str) -> tuple[str, str, int | None]:
@@ -80,8 +84,14 @@ def origin(url: str) -> tuple[str, str, int | None]:
 
 
 def is_loopback(url: str) -> bool:
+    """Whether ``url``'s host is this machine (an IP literal, or ``localhost``)."""
     host = (urlsplit(url).hostname or "").lower()
-    return host == "localhost" or host.startswith("127.") or host == "::1"
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name such as 127.example.org can point anywhere
 
 
 class Limiter:
@@ -210,7 +220,8 @@ def status_error(status: int, url: str, what: str, detail: str = "", retry_after
     if status == 501:
         return ServerError(f"{what}: the server cannot read this file as a table (HTTP 501)"
                            f"{tail}", url=safe, status=status)
-    transient = status in RetryPolicy().statuses or status >= 500
+    # candidates for a retry; the retry policy's statuses decide (see _should_retry)
+    transient = status in (408, 429) or status >= 500
     err: BisqueError
     if status >= 500 or status in (408, 429):
         err = ServerError(f"{what} failed with HTTP {status}{tail}", url=safe, status=status,
@@ -431,21 +442,39 @@ async def _read_body(
                              url=redact_url(url), transient=True)
 
 
-def _should_retry(policy: RetryPolicy, budget: RetryBudget | None) -> Callable[[BaseException],
-                                                                             bool]:
+def _should_retry(policy: RetryPolicy) -> Callable[[BaseException], bool]:
     def predicate(exc: BaseException) -> bool:
-        # explicit allowlist: only our own errors marked transient (never CancelledError)
-        if not isinstance(exc, BisqueError) or not exc.transient:
+        # explicit allowlist: only our own errors (never CancelledError)
+        if not isinstance(exc, BisqueError):
             return False
-        if exc.status is not None and exc.status not in policy.statuses and exc.status < 500:
+        if exc.status is not None:
+            # an HTTP status: the policy's statuses decide, but a malformed request, a login
+            # problem or a missing resource is never worth another try
+            if exc.status in _NEVER_RETRIED or exc.status not in policy.statuses:
+                return False
+        elif not exc.transient:
             return False
         if exc.retry_after is not None and exc.retry_after > policy.retry_after_max:
             exc.message += (f" (the server asked to wait {exc.retry_after:.0f} s, more than "
                             f"retry_after_max={policy.retry_after_max:.0f} s)")
             return False
-        return budget is None or budget.take()
+        return True
 
     return predicate
+
+
+class _BudgetStop(stop_base):
+    """Stops when the download's retry budget is spent.
+
+    Last in the stop chain (``stop_any`` short-circuits), so a unit is taken only for a
+    retry that will really happen.
+    """
+
+    def __init__(self, budget: RetryBudget | None):
+        self.budget = budget
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.budget is not None and not self.budget.take()
 
 
 def _wait(policy: RetryPolicy) -> Callable[[RetryCallState], float]:
@@ -481,9 +510,10 @@ async def retrying(
                 on_retry(exc, state.attempt_number, delay)
 
     retryer = AsyncRetrying(
-        stop=stop_after_attempt(policy.max_attempts) | stop_before_delay(policy.max_delay),
+        stop=stop_any(stop_after_attempt(policy.max_attempts),
+                      stop_before_delay(policy.max_delay), _BudgetStop(budget)),
         wait=_wait(policy),
-        retry=retry_if_exception(_should_retry(policy, budget)),
+        retry=retry_if_exception(_should_retry(policy)),
         before_sleep=before_sleep,
         reraise=True,
     )

@@ -72,8 +72,9 @@ def parse_uniq(resource: str) -> str:
             raise UsageError(f"no resource uniq in URL {redact_url(text)!r}")
         text = segments[-1]
     if not _UNIQ_RE.fullmatch(text) or text.strip(".") == "":
+        shown = redact_url(resource) if "://" in resource else resource
         raise UsageError(
-            f"{resource!r} is not a BisQue resource: expected a uniq such as "
+            f"{shown!r} is not a BisQue resource: expected a uniq such as "
             "'00-orJQLiXgqh8K955C6qzhyC', a data_service URL or a viewer URL"
         )
     return text
@@ -278,6 +279,10 @@ def parse_info(
     if not isinstance(headers, list) or not isinstance(types, list):
         raise ProtocolError(f"{where} has malformed headers/types", url=url)
     headers = [str(h) for h in headers]
+    if not types and math.prod(sizes) == 0:
+        # an empty array with no columns (shape (n, 0)) names no type at all; there is no
+        # element to hold one, so float64 stands in
+        types = ["float64"]
     if not types:
         raise ProtocolError(f"{where} gives no element type", url=url)
     is_table = bool(headers) and not all(h.isdigit() for h in headers)

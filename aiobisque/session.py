@@ -21,7 +21,7 @@ from aiobisque.errors import (
     NotFoundError,
     UsageError,
 )
-from aiobisque.fetch import BufferSink, Transport, is_loopback, retrying
+from aiobisque.fetch import BufferSink, Transport, is_loopback, origin, retrying
 from aiobisque.protocol import parse_services, parse_session_user, redact_url
 
 __all__ = ["BisqueSession", "MexToken"]
@@ -156,14 +156,34 @@ class BisqueSession:
         try:
             body = await self.get_document(f"{self.root}/services", "the services list")
             self.services = parse_services(bytes(body), self.root)
-            for url in self.services.values():
-                if not url.startswith("http://") or is_loopback(url) or \
-                        self.config.allow_insecure:
-                    self._transport.trust(url)
+            self._trust_services()
             await self._check_login()
         except BaseException:
             await self.close()
             raise
+
+    def _trust_services(self) -> None:
+        """Credentials go to the root's origin and to ``trusted_origins``, nowhere else.
+
+        ``/services`` is the server's word, and a server (or whoever controls its answer)
+        could name any host there; services it places elsewhere get no credentials unless
+        the user named that origin.
+        """
+        transport = self.transport
+        for extra in self.config.trusted_origins:
+            if (self._authorization and extra.startswith("http://") and not is_loopback(extra)
+                    and not self.config.allow_insecure):
+                raise InsecureTransportError(
+                    f"refusing to send credentials unencrypted to {redact_url(extra)}; "
+                    "use https, or pass allow_insecure=True if you accept the risk"
+                )
+            transport.trust(extra)
+        for name, url in self.services.items():
+            if self._authorization and origin(url) not in transport.trusted:
+                log.warning(
+                    "service %s is at %s, another origin than %s: no credentials are sent "
+                    "there unless it is listed in trusted_origins", name, redact_url(url),
+                    redact_url(self.root))
 
     async def _check_login(self) -> None:
         auth_url = self.services.get("auth_service")

@@ -40,7 +40,7 @@ class TableService:
 
     async def info(self, uniq: str, path: str | Sequence[str] = "", **options: Any) -> ArrayInfo:
         """Metadata of a node: shape, dtype, kind, headers, types, meta, children."""
-        cfg = self.session.config.replace(**options)
+        cfg = self.session.config.for_call(**options)
         uniq = parse_uniq(uniq)
         parts = split_path(path)
         url = table_url(self.base_url, uniq, parts, None, ["info", "format:json"])
@@ -127,8 +127,8 @@ class RemoteArray:
         """Download ``selection`` (numpy basic indexing) and return it as an ndarray.
 
         ``out=`` takes any writable array of the result's shape (ndarray, ``np.memmap``, a
-        view) whose dtype the data can be cast to safely within its kind; it is filled and
-        returned. If the download fails or is cancelled after writing into ``out``, an
+        view) whose dtype holds every value of the array's (numpy's "safe" casting: float32
+        into float64, not int32 into int16); it is filled and returned. If the download fails or is cancelled after writing into ``out``, an
         :class:`~aiobisque.IncompleteDownloadError` (or the cancellation, with a note) says
         the buffer is incomplete.
         """
@@ -146,7 +146,7 @@ class RemoteArray:
         **options: Any,
     ) -> np.ndarray[Any, Any]:
         session = self.table.session
-        cfg: Config = session.config.replace(**options)
+        cfg: Config = session.config.for_call(**options)
         nbytes = sel.size * self.dtype.itemsize
         if nbytes > cfg.max_bytes:
             raise UsageError(
@@ -187,6 +187,9 @@ def _check_out(out: Any, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.nda
         raise UsageError(f"out= has shape {out.shape}, the selection has shape {shape}")
     if not out.flags.writeable:
         raise UsageError("out= is read-only")
-    if not np.can_cast(dtype, out.dtype, casting="same_kind"):
-        raise UsageError(f"cannot store {dtype} data in an out= array of {out.dtype}")
+    if not np.can_cast(dtype, out.dtype, casting="safe"):
+        # a narrower type would wrap or round values silently
+        raise UsageError(
+            f"cannot store {dtype} data in an out= array of {out.dtype} without losing values"
+        )
     return out

@@ -25,7 +25,7 @@ from aiobisque import (
     SelectionError,
     UsageError,
 )
-from aiobisque.server import TableServer, run_server, samples
+from aiobisque.server import FaultPlan, TableServer, run_server, samples
 from tests.conftest import DTYPES, USER, expected
 
 
@@ -331,3 +331,41 @@ async def test_info_repr_is_short(bq: BisqueSession) -> None:
     info = await bq.table.info("dtypes", "d4")
     assert info.kind == "matrix" and info.children == ()
     assert len(repr(info)) < 200 and "shape=" in repr(info)
+
+
+async def test_out_buffer_must_hold_every_value(bq: BisqueSession) -> None:
+    arr = await bq.table.open("vol", "volume")
+    for narrow in (np.float16, np.int32, np.int64):
+        with pytest.raises(UsageError, match="without losing values"):
+            await arr.read(np.s_[0], out=np.zeros((30, 20), narrow))
+
+
+async def test_per_call_options_lower_session_limits_or_are_refused(
+        bq: BisqueSession, server: TableServer) -> None:
+    arr = await bq.table.open("vol", "volume")
+    with pytest.raises(UsageError, match="whole session"):
+        await arr.read(adaptive=False)
+    with pytest.raises(UsageError, match="exceeds the session"):
+        await arr.read(concurrency=bq.config.concurrency + 1)
+    server.faults = FaultPlan(latency=0.02)
+    server.stats.reset()
+    # one request's bytes at a time for this call: one request in flight
+    got = await arr.read(request_bytes=2400, inflight_bytes=2400, concurrency=8)
+    assert server.stats.peak_in_flight == 1
+    assert got.shape == arr.shape
+
+
+async def test_retry_policy_statuses_decide(bq: BisqueSession, server: TableServer) -> None:
+    from aiobisque import DownloadError, RetryPolicy
+
+    server.faults = FaultPlan(error_rate=1.0, error_statuses=(500,))
+    only_503 = RetryPolicy(statuses=frozenset({503}), backoff_initial=0.001, backoff_max=0.002)
+    with pytest.raises(DownloadError, match="500"):
+        await bq.table.load_array("vol", "stack/labels", retry=only_503, concurrency=1)
+    assert server.stats.requests["data"] == 1  # 500 is not in the policy: no retry
+    server.faults = FaultPlan(fail_first=2, error_statuses=(409,))
+    with_409 = RetryPolicy(statuses=frozenset({409, 503}), backoff_initial=0.001,
+                           backoff_max=0.002)
+    stats = DownloadStats()
+    await bq.table.load_array("vol", "stack/labels", retry=with_409, stats=stats)
+    assert stats.retries == 2

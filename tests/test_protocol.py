@@ -139,3 +139,8 @@ def test_parse_info_refuses_allocation_bombs() -> None:
 def test_parse_info_not_json() -> None:
     with pytest.raises(ProtocolError, match="login page"):
         parse_info("<html>Please log in</html>", uniq=UNIQ, path="", url=BASE, max_bytes=1)
+
+
+def test_empty_array_without_columns_still_opens() -> None:
+    got = info({"headers": [], "types": [], "sizes": [3, 0]})
+    assert got.kind == "matrix" and got.shape == (3, 0) and got.size == 0

@@ -146,3 +146,48 @@ def test_fuzzed_uniq_and_path_stay_under_the_table_service(uniq: str, parts: lis
 
 async def test_config_repr_has_no_secret() -> None:
     assert "password" not in repr(Config()).lower()
+
+
+def test_loopback_means_an_ip_literal_or_localhost() -> None:
+    from aiobisque.fetch import is_loopback
+
+    assert is_loopback("http://127.0.0.1:8080") and is_loopback("http://[::1]:80")
+    assert is_loopback("http://localhost") and is_loopback("http://127.3.4.5")
+    assert not is_loopback("http://127.attacker.example/")
+    assert not is_loopback("http://127.0.0.1.nip.io:8080")
+    with pytest.raises(InsecureTransportError):
+        BisqueSession("http://127.0.0.1.nip.io:8080", auth=("alice", SECRET))
+
+
+def test_pasted_url_with_credentials_is_redacted_in_errors() -> None:
+    from aiobisque.protocol import parse_uniq
+
+    with pytest.raises(UsageError) as info:
+        parse_uniq(f"https://alice:{SECRET}@bisque.example.org/data_service/00 abc")
+    assert SECRET not in str(info.value) and "bisque.example.org" in str(info.value)
+
+
+async def test_services_on_another_origin_get_no_credentials_unless_trusted() -> None:
+    elsewhere = Hostile()
+    elsewhere.data = body(hdf_image(GOOD))
+    async with serve(elsewhere.handle) as other_root, hostile() as h:
+        elsewhere.root = other_root  # the table service, on another port
+
+        async def services(request: web.Request) -> web.StreamResponse:
+            if request.path != "/services":
+                return await Hostile.handle(h, request)
+            return web.Response(text=(
+                f'<resource><tag name="service" type="table" value="{other_root}/table/"/>'
+                f'<tag name="service" type="auth_service" value="{h.root}/auth_service/"/>'
+                "</resource>"), content_type="text/xml")
+
+        async with serve(services) as root:  # the root: /services points elsewhere
+            h.root = root
+            async with BisqueSession(root, auth=("alice", SECRET)) as bq:
+                np.testing.assert_array_equal(await bq.table.load_array("00-x", "array"), GOOD)
+            assert elsewhere.seen and all("Authorization" not in hs for hs in elsewhere.seen)
+            elsewhere.seen.clear()
+            async with BisqueSession(root, auth=("alice", SECRET),
+                                     trusted_origins=(other_root,)) as bq:
+                await bq.table.load_array("00-x", "array")
+            assert elsewhere.seen and all("Authorization" in hs for hs in elsewhere.seen)
