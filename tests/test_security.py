@@ -191,3 +191,10 @@ async def test_services_on_another_origin_get_no_credentials_unless_trusted() ->
                                      trusted_origins=(other_root,)) as bq:
                 await bq.table.load_array("00-x", "array")
             assert elsewhere.seen and all("Authorization" in hs for hs in elsewhere.seen)
+
+
+async def test_plain_http_trusted_origin_needs_opt_in(server: TableServer) -> None:
+    with pytest.raises(InsecureTransportError, match="unencrypted"):
+        async with BisqueSession(server.root, auth=("alice", "wonderland"),
+                                 trusted_origins=("http://data.example.org",)):
+            pass
