@@ -308,7 +308,6 @@ class Transport:
         self.trusted: set[tuple[str, str, int | None]] = set()
         self.limiter = Limiter(config.concurrency, config.min_concurrency, config.adaptive)
         self.bytes = ByteBudget(config.inflight_bytes)
-        self.requests_sent = 0
 
     def trust(self, url: str) -> None:
         """Allow credentials to be sent to ``url``'s origin."""
@@ -374,7 +373,6 @@ class Transport:
             headers = self._headers(current)
             if origin(current) != start:
                 headers.pop("Authorization", None)  # never carry credentials to another origin
-            self.requests_sent += 1
             log.debug("GET %s", redact_url(current))
             resp = await self.http.get(
                 URL(current, encoded=True),
