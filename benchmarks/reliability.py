@@ -106,11 +106,12 @@ def table(rows: list[list[str]], command: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str, results: Path) -> None:
+def write_section(text: str, results: Path, start: str = START, end: str = END) -> None:
+    """Replace the ``start``..``end`` section of ``results`` (append it when absent)."""
     old = results.read_text() if results.exists() else "# Benchmark results\n"
-    section = f"{START}\n{text}\n{END}"
-    if START in old and END in old:
-        new = old.split(START)[0] + section + old.split(END, 1)[1]
+    section = f"{start}\n{text}\n{end}"
+    if start in old and end in old:
+        new = old.split(start)[0] + section + old.split(end, 1)[1]
     else:
         new = old.rstrip("\n") + "\n\n" + section + "\n"
     results.write_text(new)
