@@ -211,6 +211,30 @@ class BQSession:
         """
         return self._connect(bisque_root or self.bisque_root, (user, pwd))
 
+    def init_cas(self, user: str, pwd: str, moduleuri: str | None = None,
+                 bisque_root: str | None = None, create_mex: bool = False) -> BQSession | None:
+        """Not supported: CAS form logins are not implemented by aiobisque (raises)."""
+        raise BQApiError(
+            "CAS logins are not supported by aiobisque.compat; use init_local (if the server "
+            "accepts HTTP Basic logins) or init_mex with a module token, or bqapi itself"
+        )
+
+    def init_session(self, user: str, pwd: str, moduleuri: str | None = None,
+                     bisque_root: str | None = None, create_mex: bool = False
+                     ) -> BQSession | None:
+        """Log in the way the server asks (``bqapi``'s provider choice); CAS raises."""
+        if not bisque_root:
+            raise BQApiError("bisque_root is required (e.g. bisque_root='https://host')")
+        with _bqapi_errors():
+            anonymous = Session(bisque_root, None, **self._options)
+            try:
+                providers = anonymous.login_providers()
+            finally:
+                anonymous.close()
+        if "cas" in providers:
+            return self.init_cas(user, pwd, moduleuri, bisque_root, create_mex)
+        return self.init_local(user, pwd, moduleuri, bisque_root, create_mex)
+
     def init_mex(
         self,
         mex_url: str,

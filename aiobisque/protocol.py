@@ -28,6 +28,7 @@ from aiobisque.errors import NotFoundError, ProtocolError, ResponseTooLargeError
 __all__ = [
     "ArrayInfo",
     "parse_info",
+    "parse_login_providers",
     "parse_services",
     "parse_session_user",
     "parse_uniq",
@@ -171,6 +172,12 @@ def parse_session_user(text: str | bytes, url: str) -> str | None:
         if tag.get("name") == "user" and tag.get("value"):
             return tag.get("value")
     return None
+
+
+def parse_login_providers(text: str | bytes, url: str) -> list[str]:
+    """The login types an ``auth_service/login_providers`` document offers (``"cas"``...)."""
+    doc = _xml(text, "the login providers", url)
+    return [str(child.get("type")) for child in doc if child.get("type")]
 
 
 Kind = Literal["matrix", "table", "group"]

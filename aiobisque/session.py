@@ -22,7 +22,12 @@ from aiobisque.errors import (
     UsageError,
 )
 from aiobisque.fetch import BufferSink, Transport, is_loopback, origin, retrying
-from aiobisque.protocol import parse_services, parse_session_user, redact_url
+from aiobisque.protocol import (
+    parse_login_providers,
+    parse_services,
+    parse_session_user,
+    redact_url,
+)
 
 __all__ = ["BisqueSession", "MexToken"]
 
@@ -238,6 +243,19 @@ class BisqueSession:
 
         body, _ = await retrying(attempt, cfg.retry)
         return body
+
+    async def login_providers(self) -> list[str]:
+        """The login types the server offers, e.g. ``["local"]`` or ``["cas"]``.
+
+        aiobisque logs in with HTTP Basic or a Mex token; a server that offers only
+        ``"cas"`` (a web form login) is not supported.
+        """
+        auth_url = self.services.get("auth_service")
+        if auth_url is None:
+            return []
+        url = auth_url + "login_providers"
+        body = await self.get_document(url, "the login providers")
+        return parse_login_providers(bytes(body), url)
 
     def service(self, name: str) -> Any:
         """A service proxy by name. Only the table service (``"table"``) is provided."""

@@ -218,6 +218,10 @@ class Session:
         """The table service (twin of :attr:`BisqueSession.table`)."""
         return SyncTableService(self._aio.table)
 
+    def login_providers(self) -> list[str]:
+        """Runs :meth:`BisqueSession.login_providers <aiobisque.BisqueSession.login_providers>`."""
+        return run_sync(self._aio.login_providers())
+
     def service(self, name: str) -> SyncTableService:
         """Twin of :meth:`BisqueSession.service`: only ``"table"`` is provided."""
         return SyncTableService(self._aio.service(name))

@@ -369,3 +369,7 @@ async def test_retry_policy_statuses_decide(bq: BisqueSession, server: TableServ
     stats = DownloadStats()
     await bq.table.load_array("vol", "stack/labels", retry=with_409, stats=stats)
     assert stats.retries == 2
+
+
+async def test_login_providers(bq: BisqueSession) -> None:
+    assert await bq.login_providers() == ["local"]

@@ -239,3 +239,13 @@ def test_bad_options_fail_early() -> None:
         BQSession(concurrency=0)
     with pytest.raises(aiobisque.UsageError, match="unknown option"):
         BQSession(no_such_option=1)
+
+
+def test_init_session_picks_the_servers_login_and_refuses_cas(server: TableServer) -> None:
+    bq = BQSession().init_session(USER, PASSWORD, bisque_root=server.root)
+    assert bq is not None and bq.service("table") is not None
+    bq.close()
+    from aiobisque.compat import BQApiError
+
+    with pytest.raises(BQApiError, match="CAS logins are not supported"):
+        BQSession().init_cas(USER, PASSWORD, bisque_root=server.root)
