@@ -56,6 +56,7 @@ from aiobisque.errors import (
 from aiobisque.fetch import ByteBudget
 from aiobisque.journal import Journal, JournalError
 from aiobisque.outputs import (
+    CHUNK_BYTES,
     BlockGrid,
     Hdf5Output,
     NpyOutput,
@@ -328,6 +329,8 @@ async def _in_thread(fn: Callable[[], T]) -> T:
         return await asyncio.shield(fut)
     except asyncio.CancelledError:
         await asyncio.wait([fut])
+        if not fut.cancelled():
+            fut.exception()  # retrieved: the cancellation is what the caller hears about
         raise
 
 
@@ -378,6 +381,8 @@ class BulkDownloader:
         self.meter = meter or Meter()
         self.restart = restart
         self._buffers = ByteBudget(self.block_bytes * self.blocks_in_flight)
+        # HDF5 chunks no larger than a block, so no chunk is ever shared by two blocks
+        self._chunk_bytes = min(CHUNK_BYTES, self.block_bytes)
 
     # -- one file -------------------------------------------------------------------
 
@@ -473,9 +478,14 @@ class BulkDownloader:
         }
 
     @staticmethod
-    def _source(identity: dict[str, Any]) -> dict[str, Any]:
-        """What a finished output records about where its data came from."""
-        return {key: identity[key] for key in ("root", "uniq", "path", "selection")}
+    def _source(identity: dict[str, Any], arr: RemoteArray) -> dict[str, Any]:
+        """What a finished output records about where its data came from.
+
+        The remote array's shape and type belong to it: a selection counting from the end
+        (``-1``) picks other rows once the array has grown, with the same result shape.
+        """
+        source = {key: identity[key] for key in ("root", "uniq", "path", "selection")}
+        return {**source, "source_shape": list(arr.shape), "source_dtype": str(arr.dtype)}
 
     @staticmethod
     def _dataset(target: Target, arr: RemoteArray) -> str:
@@ -513,9 +523,11 @@ class BulkDownloader:
         """Skip an output that provably holds this download; refuse any other file."""
         out = target.output
         fmt = identity["format"]
-        source = self._source(identity)
+        source = self._source(identity, arr)
         if (journal is not None and previous is not None and fmt == "npy"
                 and all(previous.get(k) == v for k, v in identity.items())
+                and previous.get("source_shape") == source["source_shape"]
+                and previous.get("source_dtype") == source["source_dtype"]
                 and len(journal.done) == previous.get("blocks")):
             # killed between the rename and the source record: the complete journal of this
             # very download proves what the file holds
@@ -570,7 +582,7 @@ class BulkDownloader:
             log.warning("%s does not match its journal; starting over", part)
             return None
         try:
-            output = self._output(part, identity, sel.shape, arr.dtype, reopen=True)
+            output = self._output(part, identity, arr, sel.shape, arr.dtype, reopen=True)
         except (OSError, ValueError) as exc:
             log.warning("cannot continue %s (%s); starting over", part, exc)
             return None
@@ -589,9 +601,10 @@ class BulkDownloader:
         try:
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
-            align = chunk_grid(shape, dtype.itemsize) if identity["format"] == "hdf5" else None
+            align = (chunk_grid(shape, dtype.itemsize, self._chunk_bytes)
+                     if identity["format"] == "hdf5" else None)
             grid = BlockGrid.fit(shape, dtype.itemsize, self.block_bytes, align=align)
-            output = self._output(part, identity, shape, dtype,
+            output = self._output(part, identity, arr, shape, dtype,
                                   extra_attrs={"source_shape": list(arr.shape),
                                                "meta": json_attr(arr.info.meta)})
             try:
@@ -615,11 +628,11 @@ class BulkDownloader:
             raise
         return _State(sel, grid, journal, output)
 
-    def _output(self, part: Path, identity: dict[str, Any], shape: tuple[int, ...],
-                dtype: np.dtype[Any], *, reopen: bool = False,
+    def _output(self, part: Path, identity: dict[str, Any], arr: RemoteArray,
+                shape: tuple[int, ...], dtype: np.dtype[Any], *, reopen: bool = False,
                 extra_attrs: dict[str, Any] | None = None) -> Output:
         """Create (or with ``reopen``, continue) the ``.part`` file in the target's format."""
-        source = self._source(identity)
+        source = self._source(identity, arr)
         if identity["format"] == "npy":
             if reopen:
                 return NpyOutput.reopen(part, shape, dtype, source=source)
@@ -628,7 +641,8 @@ class BulkDownloader:
             return Hdf5Output.reopen(part, identity["dataset"], shape, dtype)
         return Hdf5Output.create(part, identity["dataset"], shape, dtype,
                                  compression=identity["compression"],
-                                 attrs={**source, **(extra_attrs or {})})
+                                 attrs={**source, **(extra_attrs or {})},
+                                 chunk_bytes=self._chunk_bytes)
 
     async def _fill(self, arr: RemoteArray, state: _State, stats: DownloadStats) -> None:
         """Download every block the journal does not have yet."""
@@ -723,7 +737,7 @@ class BulkDownloader:
 def _check_distinct(targets: Sequence[Target]) -> None:
     seen: dict[str, int] = {}
     for i, t in enumerate(targets):
-        key = os.path.abspath(t.output)
+        key = os.path.realpath(t.output)  # through symlinks: the same file is the same
         if key in seen:
             raise UsageError(f"downloads {seen[key] + 1} and {i + 1} both write {t.output}")
         seen[key] = i

@@ -66,6 +66,18 @@ class Journal:
                     f"another process is downloading to {path.name.removesuffix('.part.journal')}"
                     f" (its journal {path} is locked)"
                 ) from None
+            # the lock is only worth something on the file now at that path: another
+            # process may have removed (and a third recreated) it between open and flock
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                raise LockedError(
+                    f"another process is working on {path.name.removesuffix('.part.journal')}"
+                    f" (its journal {path} was replaced while this one opened it)"
+                )
         return cls(path, fd)
 
     @property

@@ -355,11 +355,18 @@ def _reserve(fd: int, size: int, path: Path) -> None:
             # EOPNOTSUPP/EINVAL: the file system cannot preallocate; the sparse file works
 
 
-def chunk_grid(shape: tuple[int, ...], itemsize: int) -> BlockGrid | None:
-    """The HDF5 chunk layout for ``shape``: about :data:`CHUNK_BYTES` per chunk, C-contiguous."""
+def chunk_grid(shape: tuple[int, ...], itemsize: int,
+               chunk_bytes: int = CHUNK_BYTES) -> BlockGrid | None:
+    """The HDF5 chunk layout for ``shape``: about ``chunk_bytes`` per chunk, C-contiguous.
+
+    Downloads pass ``min(CHUNK_BYTES, block_bytes)``: a chunk must never be shared by two
+    blocks, since rewriting a compressed chunk moves it in the file, and a kill between
+    that write and the flush would leave a chunk that the journal counts as saved but
+    that no longer decodes.
+    """
     if not shape or math.prod(shape) == 0:
         return None
-    return BlockGrid.fit(shape, itemsize, CHUNK_BYTES)
+    return BlockGrid.fit(shape, itemsize, chunk_bytes)
 
 
 class Hdf5Output(Output):
@@ -381,11 +388,12 @@ class Hdf5Output(Output):
         *,
         compression: str | None = None,
         attrs: dict[str, Any] | None = None,
+        chunk_bytes: int = CHUNK_BYTES,
     ) -> Hdf5Output:
         if compression is not None and compression not in COMPRESSIONS:
             raise UsageError(f"compression must be one of {COMPRESSIONS} or none, "
                              f"got {compression!r}")
-        grid = chunk_grid(shape, dtype.itemsize)
+        grid = chunk_grid(shape, dtype.itemsize, chunk_bytes)
         chunks = grid.block_shape(0) if grid is not None else None
         file = h5py.File(part, "w")
         try:
@@ -456,8 +464,9 @@ def existing_output_mismatch(
 ) -> str | None:
     """Why the finished file ``path`` is not this download (``None``: it is).
 
-    ``source`` (root, uniq, path, selection) must match what the file recorded when it was
-    written: an HDF5 dataset's attributes, a ``.npy`` file's source record. A ``.npy`` file
+    ``source`` (root, uniq, path, selection, source shape and dtype) must match what the
+    file recorded when it was written: an HDF5 dataset's attributes, a ``.npy`` file's
+    source record. A ``.npy`` file
     without a trustworthy record is never taken for this download. Shape and dtype must
     match too.
     """
@@ -480,8 +489,11 @@ def existing_output_mismatch(
                 got_shape, got_dtype = node.shape, node.dtype
                 for key in source or {}:
                     have = node.attrs.get(key)
-                    recorded[key] = have.decode("utf-8", "replace") \
-                        if isinstance(have, bytes) else have
+                    if isinstance(have, bytes):
+                        have = have.decode("utf-8", "replace")
+                    elif isinstance(have, np.ndarray | np.generic):
+                        have = have.tolist()  # e.g. source_shape, stored as an array
+                    recorded[key] = have
     except (OSError, ValueError) as exc:
         return f"it cannot be read ({exc})"
     # who it came from first: "selection '0' there, '1' now" says more than shapes do

@@ -55,7 +55,10 @@ def _integer(node: ast.expr, text: str) -> int:
 
 def _item(node: ast.expr, text: str) -> Any:
     if isinstance(node, ast.Slice):
-        return slice(*(None if part is None else _integer(part, text)
+        # numpy accepts an explicit None in a slice (``None:3``, ``::None``) as "omitted"
+        return slice(*(None if part is None or (isinstance(part, ast.Constant)
+                                                and part.value is None)
+                       else _integer(part, text)
                        for part in (node.lower, node.upper, node.step)))
     if isinstance(node, ast.Constant) and (node.value is Ellipsis or node.value is None):
         return node.value

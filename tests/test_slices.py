@@ -114,3 +114,9 @@ def test_text_selects_what_numpy_selects(index: tuple, spaces: bool) -> None:
     assert got.shape == want.shape
     assert np.array_equal(got, want)
     assert format_slices(parsed) == format_slices(index)
+
+
+def test_explicit_none_inside_a_slice_is_omitted_like_numpy() -> None:
+    a = np.arange(10)
+    for text in ("None:3", "1:None", "::None", "None:None:-2"):
+        assert np.array_equal(a[parse_slices(text)], eval(f"a[{text}]"))
