@@ -33,7 +33,6 @@ __all__ = [
     "HDF5_SIGNATURE",
     "BodyIncompleteError",
     "StreamDecoder",
-    "check_md5",
     "decode_into",
 ]
 
@@ -97,12 +96,8 @@ def _same_type(got: np.dtype[Any], want: np.dtype[Any]) -> bool:
     return got.kind == want.kind and got.itemsize == want.itemsize
 
 
-def check_md5(body: bytes | bytearray | memoryview, header: str, where: str) -> None:
-    """Verify a ``Content-MD5`` (base64) or ``x-content-md5`` (hex) header."""
-    _compare_md5(hashlib.md5(body, usedforsecurity=False).digest(), header, where)
-
-
 def _compare_md5(digest: bytes, header: str, where: str) -> None:
+    """Verify a ``Content-MD5`` (base64) or ``x-content-md5`` (hex) header."""
     value = header.strip()
     try:
         expected = (
@@ -299,6 +294,7 @@ class StreamDecoder:
         self.received = 0
         self.length: int | None = None
         self._probe_at = 0
+        self._known: bool | None = None  # see _metadata_known
         self._md5: Any = None
         self._md5_header = ""
 
@@ -387,9 +383,13 @@ class StreamDecoder:
     @property
     def heavy(self) -> bool:
         """Whether :meth:`finish` has real work to do (worth a worker thread)."""
-        if self.mode != "direct":
-            return True
-        return bool(self.tail) or _VALIDATED.get(self._key()) != bytes(self.head)
+        return self.mode != "direct" or not self._metadata_known()
+
+    def _metadata_known(self) -> bool:
+        """Byte for byte the metadata of a body already checked in full (asked once)."""
+        if self._known is None:
+            self._known = not self.tail and _VALIDATED.get(self._key()) == bytes(self.head)
+        return self._known
 
     def finish(self) -> None:
         """Check the whole body and complete the output (may run in a worker thread)."""
@@ -407,8 +407,8 @@ class StreamDecoder:
             raise BodyIncompleteError(
                 f"{self.where}: body cut short ({self.received:,} bytes, data ends at "
                 f"{self.offset + self.nbytes:,})")
-        if not self.tail and _VALIDATED.get(self._key()) == bytes(self.head):
-            return  # byte for byte the metadata of a body already checked in full
+        if self._metadata_known():
+            return
         # the same checks again, now with every byte of metadata (the data region as zeros)
         sparse = _SparseFile(self.head, self.tail, self.offset + self.nbytes, self.length)
         with _open(sparse, self.where) as f:

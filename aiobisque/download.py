@@ -153,11 +153,9 @@ async def run_plan(
         attempts = 0
 
         async def attempt() -> None:
-            nonlocal attempts, received
+            nonlocal attempts
             attempts += 1
-            stats.attempts += 1
-            tracker.done_bytes -= received
-            received = 0
+            stats.attempts += 1  # a retried attempt's progress was rolled back in on_retry
             # a call may hold fewer bytes than the session allows all calls together
             held_call = await call_bytes.acquire(req.nbytes) if call_bytes else 0
             held = await transport.bytes.acquire(req.nbytes)

@@ -257,3 +257,17 @@ async def test_concurrency_limit_holds_under_faults(server: TableServer) -> None
     async with BisqueSession(server.root, auth=USER, config=cfg) as bq:
         await asyncio.gather(download(bq), download(bq))
     assert server.stats.peak_in_flight <= 3
+
+
+async def test_progress_rolls_back_on_retry_and_ends_at_the_total(server: TableServer,
+                                                                  bq: BisqueSession) -> None:
+    from aiobisque import Progress
+
+    server.faults = FaultPlan(seed=3, truncate_rate=0.3, truncate_framing="mixed")
+    seen: list[Progress] = []
+    stats = DownloadStats()
+    await download(bq, progress=seen.append, stats=stats)
+    assert stats.retries > 0
+    assert all(0 <= p.done_bytes <= p.total_bytes for p in seen)
+    assert (seen[-1].done_bytes, seen[-1].total_bytes) == (96000, 96000)
+    assert seen[-1].retries == stats.retries
