@@ -17,7 +17,7 @@ uniq, path, selection, format) and that the remote array still has the recorded 
 dtype. A finished output is skipped only when it provably holds the same download (see
 :func:`~aiobisque.outputs.existing_output_mismatch`). Arguments are checked before any file
 is created, and a download that fails for good before saving a block leaves nothing behind
-(see :func:`is_permanent`). :class:`BulkDownloader` runs one or many downloads on one session: they share
+(see :func:`aiobisque.retry.is_permanent`). :class:`BulkDownloader` runs one or many downloads on one session: they share
 the session's request limit and byte budget, plus a budget of block buffers.
 
 >>> async with BisqueSession(root, auth=auth) as bq:                       # doctest: +SKIP
@@ -43,14 +43,10 @@ import numpy as np
 from aiobisque.config import Config
 from aiobisque.download import DownloadStats, Progress, run_all
 from aiobisque.errors import (
-    AuthenticationError,
-    BadRequestError,
     BisqueError,
     IncompleteDownloadError,
-    NotFoundError,
-    PermissionDeniedError,
-    ProtocolError,
-    SelectionError,
+    OutputExistsError,
+    ResumeError,
     UsageError,
 )
 from aiobisque.fetch import ByteBudget
@@ -69,6 +65,7 @@ from aiobisque.outputs import (
 )
 from aiobisque.plan import make_plan
 from aiobisque.protocol import parse_uniq, redact_url, split_path
+from aiobisque.retry import is_permanent
 from aiobisque.selection import Selection, normalize_selection
 from aiobisque.slices import format_slices, parse_slices
 from aiobisque.table import RemoteArray, TableService
@@ -84,7 +81,6 @@ __all__ = [
     "block_index",
     "default_block_bytes",
     "default_blocks_in_flight",
-    "is_permanent",
 ]
 
 log = logging.getLogger("aiobisque")
@@ -96,41 +92,6 @@ MIN_BLOCK_BYTES = 1024 * 1024
 
 #: Errors that fail one file of a bulk run without stopping the others.
 FILE_ERRORS: tuple[type[BaseException], ...] = (BisqueError, OSError)
-#: Errors that running the same download again cannot cure: the request itself is refused.
-PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
-    AuthenticationError, PermissionDeniedError, NotFoundError, BadRequestError, ProtocolError,
-    UsageError, SelectionError,
-)
-
-
-class ResumeError(BisqueError):
-    """A ``.part`` file cannot be continued: the remote array or the request changed."""
-
-
-class OutputExistsError(BisqueError, FileExistsError):
-    """The output file exists and holds something other than this download."""
-
-
-def is_permanent(exc: BaseException, transient_statuses: frozenset[int]) -> bool:
-    """Whether rerunning the same download cannot get past ``exc``.
-
-    True for the :data:`PERMANENT_ERRORS` and for any 4xx status not in
-    ``transient_statuses`` (408/429 are worth another try), on ``exc`` or its causes: a
-    request that failed for good carries the server's answer as its ``__cause__``.
-    """
-    seen: BaseException | None = exc
-    for _ in range(8):  # a cause chain is short; bounded all the same
-        if seen is None:
-            return False
-        if isinstance(seen, PERMANENT_ERRORS):
-            return True
-        status = seen.status if isinstance(seen, BisqueError) else None
-        if status is not None and 400 <= status < 500 and status not in transient_statuses:
-            return True
-        seen = seen.__cause__
-    return False
-
-
 def _pipeline_bytes(config: Config) -> int:
     """Payload bytes the session can have in flight."""
     return min(config.concurrency * config.request_bytes, config.inflight_bytes)
@@ -394,7 +355,7 @@ class BulkDownloader:
         :class:`ResumeError` when the ``.part`` file belongs to another request or its
         remote array changed, :class:`OutputExistsError` when the output exists and is not
         provably this download, and the usual :class:`~aiobisque.BisqueError` subclasses.
-        After a failure a rerun could get past (see :func:`is_permanent`) the ``.part`` file
+        After a failure a rerun could get past (see :func:`aiobisque.retry.is_permanent`) the ``.part`` file
         and journal stay for the next run; after a permanent one before any block was saved
         both are deleted.
         """
@@ -449,7 +410,7 @@ class BulkDownloader:
         assert state.journal is not None
         part = _sibling(out, ".part")
         done, total = len(state.journal.done), len(state.grid)
-        if not is_permanent(exc, self.table.session.config.retry.statuses):
+        if not is_permanent(exc, self.table.session.config.retry):
             exc.add_note(f"{done} of {total} blocks are saved in {part}; "
                          "rerun the same command to resume")
         elif done:
@@ -773,9 +734,3 @@ def _merge(total: DownloadStats, part: DownloadStats) -> None:
     total.bytes += part.bytes
     total.peak_in_flight = max(total.peak_in_flight, part.peak_in_flight)
     total.errors.extend(part.errors[-10:])
-
-
-#: Errors a command line reports as an authentication failure.
-AUTH_ERRORS = (AuthenticationError, PermissionDeniedError)
-#: Errors a command line reports as bad arguments.
-ARGUMENT_ERRORS = (UsageError, SelectionError)

@@ -21,8 +21,9 @@ import numpy as np
 from aiobisque.config import Config
 from aiobisque.decode import StreamDecoder
 from aiobisque.errors import BisqueError, DownloadError
-from aiobisque.fetch import ByteBudget, RetryBudget, Transport, retrying
+from aiobisque.fetch import ByteBudget, Transport
 from aiobisque.plan import Plan, Request
+from aiobisque.retry import RetryBudget, is_permanent, retrying, why_stopped
 
 __all__ = ["DownloadStats", "Progress", "ProgressCallback", "run_all", "run_plan"]
 
@@ -190,12 +191,13 @@ async def run_plan(
         try:
             await retrying(attempt, config.retry, budget=budget, on_retry=on_retry)
         except BisqueError as exc:
-            if not exc.transient:
-                raise
-            spent = "" if budget.used < budget.total else " (the download's retry budget is spent)"
+            if is_permanent(exc, config.retry):
+                raise  # the request itself is wrong: that error, as it is
+            why = why_stopped(exc, config.retry, budget)
+            why = f" ({why})" if why else ""
             last = exc.message.removeprefix(what).lstrip(": ")  # not the request twice
             raise DownloadError(
-                f"{what} failed after {attempts} attempt(s){spent}; last error: {last}",
+                f"{what} failed after {attempts} attempt(s){why}; last error: {last}",
                 url=exc.url, status=exc.status, request=req.range_text, attempts=attempts,
             ) from exc
         tracker.done_requests += 1

@@ -21,13 +21,14 @@ from aiobisque.errors import (
     NotFoundError,
     UsageError,
 )
-from aiobisque.fetch import BufferSink, Transport, is_loopback, origin, retrying
+from aiobisque.fetch import BufferSink, Transport, is_loopback, origin
 from aiobisque.protocol import (
     parse_login_providers,
     parse_services,
     parse_session_user,
     redact_url,
 )
+from aiobisque.retry import retrying
 
 __all__ = ["BisqueSession", "MexToken"]
 
