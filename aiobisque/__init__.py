@@ -1,7 +1,6 @@
 """aiobisque: fast, dependable asyncio downloads of N-D arrays from BisQue's table service."""
 
 from aiobisque.config import Config, RetryPolicy
-from aiobisque.download import DownloadStats, Progress
 from aiobisque.errors import (
     AuthenticationError,
     BadRequestError,
@@ -19,6 +18,7 @@ from aiobisque.errors import (
     TransportError,
     UsageError,
 )
+from aiobisque.progress import DownloadStats, Progress
 from aiobisque.protocol import ArrayInfo
 from aiobisque.session import BisqueSession, MexToken
 from aiobisque.sync import Session, SyncRemoteArray, SyncTableService, load_array

@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from aiobisque.config import Config
-from aiobisque.download import DownloadStats, Progress, run_all
+from aiobisque.download import run_all
 from aiobisque.errors import (
     BisqueError,
     IncompleteDownloadError,
@@ -64,6 +64,7 @@ from aiobisque.outputs import (
     write_source_record,
 )
 from aiobisque.plan import make_plan
+from aiobisque.progress import DownloadStats, Meter
 from aiobisque.protocol import parse_uniq, redact_url, split_path
 from aiobisque.retry import is_permanent
 from aiobisque.selection import Selection, normalize_selection
@@ -74,7 +75,6 @@ __all__ = [
     "MIN_BLOCK_BYTES",
     "BulkDownloader",
     "FileResult",
-    "Meter",
     "OutputExistsError",
     "ResumeError",
     "Target",
@@ -212,71 +212,6 @@ def _size(n: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{n} B"  # pragma: no cover
-
-
-class Meter:
-    """Progress of every file of a run together (bytes, requests, retries).
-
-    Blocks in flight report partial progress; a failed block's partial progress is
-    dropped. ``on_change(meter)`` is called after every update (displays throttle it).
-    """
-
-    def __init__(self, on_change: Callable[[Meter], Any] | None = None):
-        self.on_change = on_change
-        self.total_bytes = 0
-        self.total_requests = 0
-        self.files = 0
-        self.files_done = 0
-        self.started = time.monotonic()
-        self._done_bytes = 0
-        self._done_requests = 0
-        self._retries = 0
-        self._partial: dict[Any, Progress] = {}
-
-    def add(self, total_bytes: int, total_requests: int, done_bytes: int = 0,
-            done_requests: int = 0) -> None:
-        """A file joins the run (resumed blocks count as done)."""
-        self.files += 1
-        self.total_bytes += total_bytes
-        self.total_requests += total_requests
-        self._done_bytes += done_bytes
-        self._done_requests += done_requests
-        self._changed()
-
-    def partial(self, key: Any, progress: Progress) -> None:
-        self._partial[key] = progress
-        self._changed()
-
-    def block_done(self, key: Any, nbytes: int, requests: int, retries: int) -> None:
-        self._partial.pop(key, None)
-        self._done_bytes += nbytes
-        self._done_requests += requests
-        self._retries += retries
-        self._changed()
-
-    def block_dropped(self, key: Any) -> None:
-        p = self._partial.pop(key, None)
-        if p is not None:
-            self._retries += p.retries
-            self._changed()
-
-    def file_done(self) -> None:
-        self.files_done += 1
-        self._changed()
-
-    def snapshot(self) -> Progress:
-        parts = self._partial.values()
-        return Progress(
-            done_bytes=self._done_bytes + sum(p.done_bytes for p in parts),
-            total_bytes=self.total_bytes,
-            done_requests=self._done_requests + sum(p.done_requests for p in parts),
-            total_requests=self.total_requests,
-            retries=self._retries + sum(p.retries for p in parts),
-        )
-
-    def _changed(self) -> None:
-        if self.on_change is not None:
-            self.on_change(self)
 
 
 async def _in_thread(fn: Callable[[], T]) -> T:

@@ -32,7 +32,6 @@ from urllib.parse import urlsplit
 from aiobisque.bulk import (
     BulkDownloader,
     FileResult,
-    Meter,
     Target,
     default_block_bytes,
 )
@@ -46,6 +45,7 @@ from aiobisque.errors import (
     UsageError,
 )
 from aiobisque.outputs import output_format
+from aiobisque.progress import Meter
 from aiobisque.protocol import ArrayInfo, redact_url, split_path
 from aiobisque.session import Auth, BisqueSession, MexToken
 

@@ -38,7 +38,7 @@ import numpy as np
 
 from aiobisque._loop import run_sync, shared_loop
 from aiobisque.config import Config
-from aiobisque.download import DownloadStats, ProgressCallback
+from aiobisque.progress import DownloadStats, ProgressCallback
 from aiobisque.protocol import ArrayInfo
 from aiobisque.session import Auth, BisqueSession
 from aiobisque.table import RemoteArray, TableService

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aiobisque.config import Config
-from aiobisque.download import DownloadStats, ProgressCallback, run_plan
+from aiobisque.download import run_plan
 from aiobisque.errors import IncompleteDownloadError, UsageError
 from aiobisque.plan import Request, make_plan
+from aiobisque.progress import DownloadStats, ProgressCallback
 from aiobisque.protocol import (
     ArrayInfo,
     not_an_array,

@@ -28,7 +28,6 @@ from aiobisque import (
 from aiobisque.bulk import (
     BulkDownloader,
     FileResult,
-    Meter,
     OutputExistsError,
     ResumeError,
     Target,
@@ -38,6 +37,7 @@ from aiobisque.bulk import (
 )
 from aiobisque.journal import Journal, JournalError, LockedError
 from aiobisque.outputs import BlockGrid, output_format
+from aiobisque.progress import Meter
 from aiobisque.selection import normalize_selection
 from aiobisque.server import FaultPlan, TableServer, run_server, samples
 from aiobisque.slices import format_slices, parse_slices
