@@ -2,12 +2,13 @@
 
 A selection of a remote array is written to ``FILE`` through ``FILE.part``:
 
-1. the result is cut into C-contiguous blocks (:class:`~aiobisque.outputs.BlockGrid`) of
+1. the result is cut into C-contiguous blocks (:class:`~aiobisque.blocks.BlockGrid`) of
    a few times the request size, so memory stays bounded whatever the array's size;
-2. each block is downloaded with :meth:`RemoteArray.read(block, out=...)
-   <aiobisque.RemoteArray.read>` straight into the output's buffer (a memory map of the
-   ``.npy`` file, or a block-sized array for HDF5), made durable, and recorded in the
-   journal (:mod:`aiobisque.journal`);
+2. each block is the selection narrowed to it (:meth:`Selection.narrow
+   <aiobisque.selection.Selection.narrow>`), downloaded by :meth:`RemoteArray.fill
+   <aiobisque.RemoteArray.fill>` (the read path every caller uses) straight into the
+   output's buffer (a memory map of the ``.npy`` file, or a block-sized array for HDF5),
+   made durable, and recorded in the journal (:mod:`aiobisque.journal`);
 3. when every block is in, the file's shape and dtype are checked and it is renamed to
    ``FILE`` atomically.
 
@@ -17,8 +18,9 @@ uniq, path, selection, format) and that the remote array still has the recorded 
 dtype. A finished output is skipped only when it provably holds the same download (see
 :func:`~aiobisque.outputs.existing_output_mismatch`). Arguments are checked before any file
 is created, and a download that fails for good before saving a block leaves nothing behind
-(see :func:`aiobisque.retry.is_permanent`). :class:`BulkDownloader` runs one or many downloads on one session: they share
-the session's request limit and byte budget, plus a budget of block buffers.
+(see :func:`aiobisque.retry.is_permanent`). :class:`BulkDownloader` runs one or many
+downloads on one session: they share the session's request limit and byte budget, plus a
+budget of block buffers.
 
 >>> async with BisqueSession(root, auth=auth) as bq:                       # doctest: +SKIP
 ...     result = await BulkDownloader(bq.table).download(Target(uniq, path, "vol.npy"))
@@ -40,6 +42,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from aiobisque.blocks import BlockGrid
 from aiobisque.config import Config
 from aiobisque.download import run_all
 from aiobisque.errors import (
@@ -53,7 +56,6 @@ from aiobisque.fetch import ByteBudget
 from aiobisque.journal import Journal, JournalError
 from aiobisque.outputs import (
     CHUNK_BYTES,
-    BlockGrid,
     Hdf5Output,
     NpyOutput,
     Output,
@@ -63,7 +65,7 @@ from aiobisque.outputs import (
     output_format,
     write_source_record,
 )
-from aiobisque.plan import make_plan
+from aiobisque.plan import Plan, make_plan
 from aiobisque.progress import DownloadStats, Meter
 from aiobisque.protocol import parse_uniq, redact_url, split_path
 from aiobisque.retry import is_permanent
@@ -78,7 +80,6 @@ __all__ = [
     "OutputExistsError",
     "ResumeError",
     "Target",
-    "block_index",
     "default_block_bytes",
     "default_blocks_in_flight",
 ]
@@ -109,33 +110,6 @@ def default_block_bytes(config: Config) -> int:
 def default_blocks_in_flight(config: Config, block_bytes: int) -> int:
     """Blocks fetched at once: enough to keep every allowed request busy (at least two)."""
     return max(2, -(-_pipeline_bytes(config) // block_bytes))
-
-
-def block_index(sel: Selection, region: Sequence[slice]) -> tuple[Any, ...]:
-    """A numpy index of the *source* array selecting ``result[region]`` of ``sel``.
-
-    ``region`` has one slice per result axis (a :meth:`BlockGrid.region`); integer indices
-    of ``sel`` stay integers and new axes stay ``None``, so reading the returned index gives
-    an array of exactly the region's shape.
-    """
-    index: list[Any] = []
-    axis = 0  # result axis
-    for src in sel.layout:
-        if src is None:
-            index.append(None)
-            axis += 1
-            continue
-        d = sel.dims[src]
-        if d.drop:
-            index.append(d.first)
-            continue
-        lo, hi, _ = region[axis].indices(d.count)
-        start = d.first + lo * d.step
-        stop = d.first + hi * d.step
-        # a negative stop would wrap around: None means "past index 0" for a negative step
-        index.append(slice(start, stop if stop >= 0 else None, d.step))
-        axis += 1
-    return tuple(index)
 
 
 @dataclass(frozen=True)
@@ -546,26 +520,25 @@ class BulkDownloader:
         assert journal is not None and output is not None
         config = self.table.session.config
         itemsize = arr.dtype.itemsize
-        plans = {}
+        plans: dict[int, tuple[Selection, Plan]] = {}
         done_bytes = done_requests = 0
         for block in range(len(grid)):
-            index = block_index(state.sel, grid.region(block))
-            plan = make_plan(normalize_selection(index, arr.shape), itemsize,
-                             config.request_bytes)
+            sub = state.sel.narrow(grid.region(block))
+            plan = make_plan(sub, itemsize, config.request_bytes)
             if block in journal.done:
                 done_bytes += plan.nbytes
                 done_requests += len(plan)
             else:
-                plans[block] = (index, plan.nbytes, len(plan))
-        self.meter.add(done_bytes + sum(p[1] for p in plans.values()),
-                       done_requests + sum(p[2] for p in plans.values()),
+                plans[block] = (sub, plan)
+        self.meter.add(done_bytes + sum(p.nbytes for _, p in plans.values()),
+                       done_requests + sum(len(p) for _, p in plans.values()),
                        done_bytes, done_requests)
         stats.out_bytes = math.prod(grid.shape) * itemsize
         pending = iter(sorted(plans))
         commits = asyncio.Lock()  # HDF5 writes to one file are serialised anyway
 
         async def fetch(block: int) -> None:
-            index, nbytes, _ = plans[block]
+            sub, plan = plans[block]
             out_bytes = math.prod(grid.block_shape(block)) * itemsize
             key = (id(state), block)
             held = await self._buffers.acquire(out_bytes)
@@ -573,14 +546,11 @@ class BulkDownloader:
                 buf = output.buffer(grid, block)
                 block_stats = DownloadStats()
                 try:
-                    await arr.read(index, out=buf,
+                    # the block's buffer is ours: a failed block is simply fetched again
+                    # next time, so the request's own error is what the caller hears
+                    await arr.fill(sub, buf, config=config, plan=plan,
                                    progress=lambda p: self.meter.partial(key, p),
                                    stats=block_stats)
-                except IncompleteDownloadError as exc:
-                    # the block's buffer is ours and is simply refetched next time: report
-                    # the request that failed, not the out= wording meant for API callers
-                    cause = exc.__cause__
-                    raise cause if isinstance(cause, BisqueError) else exc from None
                 finally:
                     _merge(stats, block_stats)
 
@@ -590,7 +560,8 @@ class BulkDownloader:
 
                 async with commits:
                     await _in_thread(commit)
-                self.meter.block_done(key, nbytes, block_stats.requests, block_stats.retries)
+                self.meter.block_done(key, plan.nbytes, block_stats.requests,
+                                      block_stats.retries)
             finally:
                 self.meter.block_dropped(key)
                 await self._buffers.release(held)
