@@ -32,6 +32,9 @@ __all__ = ["RemoteArray", "TableService"]
 class TableService:
     """BisQue's table service on one session (``bq.service("table")`` or ``bq.table``)."""
 
+    # ``self, /`` in the public methods: the sync facade and the session's shortcuts are
+    # typed from these signatures (ParamSpec), which needs ``self`` positional-only
+
     def __init__(self, session: BisqueSession, base_url: str):
         self.session = session
         self.base_url = base_url
@@ -39,7 +42,9 @@ class TableService:
     def __repr__(self) -> str:
         return f"<TableService of {self.session!r}>"
 
-    async def info(self, uniq: str, path: str | Sequence[str] = "", **options: Any) -> ArrayInfo:
+    async def info(
+        self, /, uniq: str, path: str | Sequence[str] = "", **options: Any
+    ) -> ArrayInfo:
         """Metadata of a node: shape, dtype, kind, headers, types, meta, children."""
         cfg = self.session.config.for_call(**options)
         uniq = parse_uniq(uniq)
@@ -49,7 +54,9 @@ class TableService:
         body = await self.session.get_document(url, f"info of {uniq}/{shown}", cfg)
         return parse_info(bytes(body), uniq=uniq, path=shown, url=url, max_bytes=cfg.max_bytes)
 
-    async def open(self, uniq: str, path: str | Sequence[str] = "", **options: Any) -> RemoteArray:
+    async def open(
+        self, /, uniq: str, path: str | Sequence[str] = "", **options: Any
+    ) -> RemoteArray:
         """A :class:`RemoteArray` for an array node (one ``info`` request, no data yet)."""
         info = await self.info(uniq, path, **options)
         if info.kind == "group":
@@ -57,7 +64,7 @@ class TableService:
         return RemoteArray(self, info)
 
     async def load_array(
-        self,
+        self, /,
         uniq: str,
         path: str | Sequence[str],
         slices: Sequence[slice | int] | None = None,
@@ -116,7 +123,7 @@ class RemoteArray:
                          ["format:hdf"])
 
     async def read(
-        self,
+        self, /,
         selection: Any = Ellipsis,
         *,
         out: np.ndarray[Any, Any] | None = None,
