@@ -17,7 +17,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, Generic, TypeVar
 
-__all__ = ["LoopThread", "run_sync", "shared_loop"]
+__all__ = ["LoopThread", "new_loop", "run_sync", "shared_loop"]
 
 T = TypeVar("T")
 
@@ -25,7 +25,8 @@ T = TypeVar("T")
 _CANCEL_GRACE = 5.0
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
+def new_loop() -> asyncio.AbstractEventLoop:
+    """A new event loop: uvloop's when installed, else asyncio's."""
     try:
         import uvloop
     except ImportError:
@@ -85,7 +86,7 @@ class LoopThread:
     def loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None or self._thread is None or not self._thread.is_alive():
-                loop = _new_loop()
+                loop = new_loop()
                 ready = threading.Event()
 
                 def main() -> None:

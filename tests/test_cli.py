@@ -13,7 +13,8 @@ import h5py
 import numpy as np
 import pytest
 
-from aiobisque import Config, cli
+from aiobisque import Config
+from aiobisque.cli import credentials
 from aiobisque.cli import EXIT_AUTH, EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from aiobisque.config import MiB
 from aiobisque.server import FaultPlan, TableServer, samples, serve_in_thread
@@ -427,7 +428,7 @@ def test_password_prompt_on_a_terminal(capsys: pytest.CaptureFixture[str], serve
 
     prompts: list[str] = []
     monkeypatch.setattr(sys, "stdin", Terminal())
-    monkeypatch.setattr(cli.getpass, "getpass", lambda prompt: prompts.append(prompt) or PASSWORD)
+    monkeypatch.setattr(credentials.getpass, "getpass", lambda prompt: prompts.append(prompt) or PASSWORD)
     status, _, err = run(capsys, "info", server.root, "vol", "volume", "--user", "carol")
     assert status == EXIT_OK, err
     assert prompts == ["password for carol at 127.0.0.1: "]
@@ -531,3 +532,33 @@ async def test_main_inside_a_running_loop(capsys: pytest.CaptureFixture[str],
     """From a notebook-like context (a loop already running) main still works."""
     status = main(["info", server.root, "vol", "volume", *login])
     assert status == EXIT_OK and "shape: (40, 30, 20)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("argv", "loaded", "not_loaded"), [
+    (["info", "--help"], "aiobisque.cli.info", ["aiobisque.server", "aiobisque.cli.demo"]),
+    (["download", "--help"], "aiobisque.cli.download", ["aiobisque.server",
+                                                         "aiobisque.cli.demo"]),
+    (["--help"], None, ["aiobisque.server", "aiobisque.cli.demo", "aiobisque.cli.info"]),
+    (["serve", "--help"], "aiobisque.server", ["aiobisque.cli.demo"]),
+])
+def test_only_the_command_being_run_is_loaded(argv: list[str], loaded: str | None,
+                                              not_loaded: list[str]) -> None:
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "from aiobisque.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(' '.join(m for m in sys.modules if m.startswith('aiobisque')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    modules = done.stdout.split()[-1000:]
+    assert "usage: aiobisque" in done.stdout
+    if loaded:
+        assert loaded in modules
+    for name in not_loaded:
+        assert name not in modules, f"{argv} imported {name}"

@@ -1,0 +1,125 @@
+"""``aiobisque info``: an array's shape, dtype and size, or the tree of a group."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from typing import Any
+
+from aiobisque.cli.credentials import make_session, resolve_auth
+from aiobisque.cli.display import size_text
+from aiobisque.cli.exits import EXIT_OK, CommandError
+from aiobisque.cli.options import ROOT_ENV
+from aiobisque.cli.roots import split_positionals
+from aiobisque.cli.running import run
+from aiobisque.protocol import ArrayInfo, split_path
+from aiobisque.session import BisqueSession
+
+__all__ = ["add_arguments", "main"]
+
+#: Most nodes listed by ``info`` on a group (each costs one request).
+_TREE_LIMIT = 500
+
+
+def add_arguments(info: argparse.ArgumentParser) -> None:
+    """The arguments of ``aiobisque info`` (besides the shared connection options)."""
+    info.add_argument("root", nargs="?", metavar="ROOT",
+                      help=f"server root URL (default ${ROOT_ENV})")
+    info.add_argument("uniq", nargs="?", metavar="UNIQ",
+                      help="resource uniq, data_service URL or viewer URL")
+    info.add_argument("path", nargs="?", metavar="PATH", help="HDF path (default: the root)")
+    info.add_argument("--json", action="store_true", help="print JSON")
+
+
+async def _info(args: argparse.Namespace, session: BisqueSession, uniq: str, path: str) -> int:
+    async with session as bq:
+        info = await bq.table.info(uniq, path)
+        if info.kind == "group":
+            tree = await _tree(bq, info)
+            if args.json:
+                print(json.dumps(tree, indent=2, default=str))
+            else:
+                print(f"{info.uniq}/{info.path} (group)")
+                for line in _tree_lines(tree["children"], ""):
+                    print(line)
+                if tree.get("truncated"):
+                    print(f"(only the first {_TREE_LIMIT} nodes are shown)")
+        elif args.json:
+            print(json.dumps(_node(info), indent=2, default=str))
+        else:
+            for line in _describe(info):
+                print(line)
+    return EXIT_OK
+
+
+def _node(info: ArrayInfo) -> dict[str, Any]:
+    node: dict[str, Any] = {"path": "/" + "/".join(split_path(info.path)), "kind": info.kind}
+    if info.shape is not None and info.dtype is not None:
+        node.update(shape=list(info.shape), dtype=str(info.dtype), size=info.size,
+                    nbytes=info.nbytes)
+        if info.kind == "table":
+            node["columns"] = {name: str(info.dtype[name]) for name in info.dtype.names or ()}
+    if info.meta:
+        node["meta"] = dict(info.meta)
+    return node
+
+
+def _describe(info: ArrayInfo) -> list[str]:
+    lines = [f"{info.uniq}/{info.path}", f"  kind:  {info.kind}", f"  shape: {info.shape}"]
+    assert info.dtype is not None
+    if info.kind == "table":
+        columns = ", ".join(f"{n} {info.dtype[n]}" for n in info.dtype.names or ())
+        lines.append(f"  columns: {columns}")
+    else:
+        lines.append(f"  dtype: {info.dtype}")
+    lines.append(f"  size:  {info.size:,} elements, {size_text(info.nbytes)}")
+    for key, value in sorted(info.meta.items()):
+        lines.append(f"  meta {key}: {value}")
+    return lines
+
+
+async def _tree(bq: BisqueSession, root: ArrayInfo) -> dict[str, Any]:
+    """The group's nodes, recursively, at most ``_TREE_LIMIT`` of them (one info each)."""
+    budget = [_TREE_LIMIT]
+    truncated = [False]
+
+    async def expand(info: ArrayInfo) -> list[dict[str, Any]]:
+        children = list(info.children)
+        if len(children) > budget[0]:
+            children = children[: budget[0]]
+            truncated[0] = True
+        budget[0] -= len(children)
+        infos = await asyncio.gather(*(bq.table.info(info.uniq, p) for p, _ in children))
+        nodes = []
+        for child in infos:
+            node = _node(child)
+            if child.kind == "group":
+                node["children"] = await expand(child)
+            nodes.append(node)
+        return nodes
+
+    return {**_node(root), "children": await expand(root), "truncated": truncated[0]}
+
+
+def _tree_lines(nodes: list[dict[str, Any]], indent: str) -> list[str]:
+    lines = []
+    for i, node in enumerate(nodes):
+        last = i == len(nodes) - 1
+        name = node["path"].rsplit("/", 1)[-1]
+        if node["kind"] == "group":
+            lines.append(f"{indent}{'└── ' if last else '├── '}{name}/")
+            lines += _tree_lines(node.get("children", []), indent + ("    " if last else "│   "))
+        else:
+            kind = " table" if node["kind"] == "table" else ""
+            lines.append(f"{indent}{'└── ' if last else '├── '}{name}  {tuple(node['shape'])} "
+                         f"{node['dtype']}{kind}, {size_text(node['nbytes'])}")
+    return lines
+
+
+def main(args: argparse.Namespace) -> int:
+    root, rest = split_positionals(args, "aiobisque info [ROOT] UNIQ [PATH]")
+    if not 1 <= len(rest) <= 2:
+        raise CommandError("info needs UNIQ and optionally PATH")
+    session = make_session(args, root, resolve_auth(args, root))
+    return run(_info(args, session, rest[0], rest[1] if len(rest) > 1 else ""))
