@@ -12,7 +12,9 @@ A selection of a remote array is written to ``FILE`` through ``FILE.part``:
 3. when every block is in, the file's shape and dtype are checked and it is renamed to
    ``FILE`` atomically.
 
-Running the same download again after a crash continues from the journal, fetching only
+Whether a target is skipped, resumed or started afresh is decided by
+:mod:`aiobisque.resume`. Running the same download again after a crash continues from the
+journal, fetching only
 the missing blocks, once it has checked that the journal is for the same request (root,
 uniq, path, selection, format) and that the remote array still has the recorded shape and
 dtype. A finished output is skipped only when it provably holds the same download (see
@@ -42,7 +44,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from aiobisque.blocks import BlockGrid
 from aiobisque.config import Config
 from aiobisque.download import run_all
 from aiobisque.errors import (
@@ -53,24 +54,17 @@ from aiobisque.errors import (
     UsageError,
 )
 from aiobisque.fetch import ByteBudget
-from aiobisque.journal import Journal, JournalError
 from aiobisque.outputs import (
     CHUNK_BYTES,
-    Hdf5Output,
-    NpyOutput,
-    Output,
-    chunk_grid,
-    existing_output_mismatch,
-    json_attr,
     output_format,
-    write_source_record,
 )
 from aiobisque.plan import Plan, make_plan
 from aiobisque.progress import DownloadStats, Meter
-from aiobisque.protocol import parse_uniq, redact_url, split_path
+from aiobisque.protocol import parse_uniq, split_path
+from aiobisque.resume import Course, Courses, sibling
 from aiobisque.retry import is_permanent
-from aiobisque.selection import Selection, normalize_selection
-from aiobisque.slices import format_slices, parse_slices
+from aiobisque.selection import Selection
+from aiobisque.slices import parse_slices
 from aiobisque.table import RemoteArray, TableService
 
 __all__ = [
@@ -204,21 +198,6 @@ async def _in_thread(fn: Callable[[], T]) -> T:
         raise
 
 
-@dataclass
-class _State:
-    """A download's decided course: skip a finished output, or fill a ``.part`` file."""
-
-    sel: Selection
-    grid: BlockGrid
-    journal: Journal | None = None
-    output: Output | None = None
-    skipped: bool = False
-
-    def close(self) -> None:
-        if self.output is not None:
-            self.output.close()
-        if self.journal is not None:
-            self.journal.close()
 
 
 class BulkDownloader:
@@ -251,8 +230,10 @@ class BulkDownloader:
         self.meter = meter or Meter()
         self.restart = restart
         self._buffers = ByteBudget(self.block_bytes * self.blocks_in_flight)
-        # HDF5 chunks no larger than a block, so no chunk is ever shared by two blocks
-        self._chunk_bytes = min(CHUNK_BYTES, self.block_bytes)
+        self._courses = Courses(
+            root=table.session.root, restart=restart, block_bytes=self.block_bytes,
+            # HDF5 chunks no larger than a block, so no chunk is ever shared by two blocks
+            chunk_bytes=min(CHUNK_BYTES, self.block_bytes))
 
     # -- one file -------------------------------------------------------------------
 
@@ -273,10 +254,10 @@ class BulkDownloader:
         if not out.parent.is_dir():
             raise UsageError(f"cannot write {out}: folder {out.parent} does not exist")
         arr = await self.table.open(target.uniq, target.path)
-        prepared: list[_State] = []
+        prepared: list[Course] = []
 
-        def prepare() -> _State:
-            prepared.append(self._prepare(target, arr))
+        def prepare() -> Course:
+            prepared.append(self._courses.prepare(target, arr))
             return prepared[-1]
 
         try:
@@ -314,10 +295,10 @@ class BulkDownloader:
         finally:
             state.close()
 
-    def _failed(self, exc: BaseException, state: _State, out: Path) -> None:
+    def _failed(self, exc: BaseException, state: Course, out: Path) -> None:
         """Say what a failed download left behind, or remove it when it is useless."""
         assert state.journal is not None
-        part = _sibling(out, ".part")
+        part = sibling(out, ".part")
         done, total = len(state.journal.done), len(state.grid)
         if not is_permanent(exc, self.table.session.config.retry):
             exc.add_note(f"{done} of {total} blocks are saved in {part}; "
@@ -335,186 +316,8 @@ class BulkDownloader:
             log.info("removed %s: the download failed for good before any block was saved",
                      part)
 
-    def _identity(self, target: Target, arr: RemoteArray) -> dict[str, Any]:
-        fmt = output_format(target.output)
-        return {
-            "root": redact_url(self.table.session.root),
-            "uniq": arr.info.uniq,
-            "path": "/".join(split_path(arr.info.path)),
-            "selection": format_slices(target.index),
-            "format": fmt,
-            "dataset": self._dataset(target, arr) if fmt == "hdf5" else None,
-            "compression": target.compression if fmt == "hdf5" else None,
-        }
 
-    @staticmethod
-    def _source(identity: dict[str, Any], arr: RemoteArray) -> dict[str, Any]:
-        """What a finished output records about where its data came from.
-
-        The remote array's shape and type belong to it: a selection counting from the end
-        (``-1``) picks other rows once the array has grown, with the same result shape.
-        """
-        source = {key: identity[key] for key in ("root", "uniq", "path", "selection")}
-        return {**source, "source_shape": list(arr.shape), "source_dtype": str(arr.dtype)}
-
-    @staticmethod
-    def _dataset(target: Target, arr: RemoteArray) -> str:
-        return target.dataset or split_path(arr.info.path)[-1]
-
-    def _prepare(self, target: Target, arr: RemoteArray) -> _State:
-        """Decide between skip, resume and a fresh start (blocking).
-
-        Files are only created once every check has passed: a bad selection or an output
-        that holds something else leaves the folder as it was.
-        """
-        out = target.output
-        part = _sibling(out, ".part")
-        sel = normalize_selection(target.index, arr.shape)
-        identity = self._identity(target, arr)
-        journal = _existing_journal(out)
-        try:
-            previous = None if journal is None or self.restart else _load(journal, out)
-            if not self.restart and out.exists() and not part.exists():
-                return self._finished(target, arr, sel, identity, journal, previous)
-            if journal is not None and previous is not None:
-                self._check_resumable(target, arr, identity, previous)
-                resumed = self._resume(target, arr, sel, identity, journal, previous)
-                if resumed is not None:
-                    return resumed
-        except BaseException:
-            if journal is not None:
-                journal.close()
-            raise
-        return self._start(target, arr, sel, identity, journal)
-
-    def _finished(self, target: Target, arr: RemoteArray, sel: Selection,
-                  identity: dict[str, Any], journal: Journal | None,
-                  previous: dict[str, Any] | None) -> _State:
-        """Skip an output that provably holds this download; refuse any other file."""
-        out = target.output
-        fmt = identity["format"]
-        source = self._source(identity, arr)
-        if (journal is not None and previous is not None and fmt == "npy"
-                and all(previous.get(k) == v for k, v in identity.items())
-                and previous.get("source_shape") == source["source_shape"]
-                and previous.get("source_dtype") == source["source_dtype"]
-                and len(journal.done) == previous.get("blocks")):
-            # killed between the rename and the source record: the complete journal of this
-            # very download proves what the file holds
-            with contextlib.suppress(OSError):
-                write_source_record(out, source)
-        why = existing_output_mismatch(out, fmt, sel.shape, arr.dtype,
-                                       dataset=identity["dataset"], source=source)
-        if why is not None:
-            raise OutputExistsError(
-                f"{out} already exists and is not this download ({why}); rerun with "
-                "--restart to replace it"
-            )
-        if journal is not None:
-            journal.remove()
-        return _State(sel, BlockGrid(sel.shape, 0, 1), skipped=True)
-
-    @staticmethod
-    def _check_resumable(target: Target, arr: RemoteArray, identity: dict[str, Any],
-                         previous: dict[str, Any]) -> None:
-        """Refuse a ``.part`` file of another request, then one whose remote changed."""
-        part = _sibling(target.output, ".part")
-        # which request first: another path's array has another shape too, and "changed"
-        # would be the wrong diagnosis
-        for key, value in identity.items():
-            if previous.get(key) != value:
-                raise ResumeError(
-                    f"{part} holds another download ({key} {previous.get(key)!r} there, "
-                    f"{value!r} now); rerun with --restart to discard it"
-                )
-        was = (tuple(previous.get("source_shape", ())), previous.get("source_dtype"))
-        now = (arr.shape, str(arr.dtype))
-        if was != now:
-            raise ResumeError(
-                f"the remote array {target.where} changed since {part} was started: it was "
-                f"{was[0]} {was[1]}, it is now {now[0]} {now[1]}; rerun with --restart "
-                "to download it again from scratch"
-            )
-
-    def _resume(self, target: Target, arr: RemoteArray, sel: Selection,
-                identity: dict[str, Any], journal: Journal,
-                previous: dict[str, Any]) -> _State | None:
-        """The ``.part`` file reopened where the journal left it (``None``: start over)."""
-        out = target.output
-        part = _sibling(out, ".part")
-        try:
-            grid = BlockGrid(sel.shape, int(previous["block_axis"]),
-                             int(previous["block_rows"]))
-        except (KeyError, TypeError, ValueError):
-            log.warning("%s has no usable block grid; starting over", journal.path)
-            return None
-        if len(grid) != previous.get("blocks") or not part.exists():
-            log.warning("%s does not match its journal; starting over", part)
-            return None
-        try:
-            output = self._output(part, identity, arr, sel.shape, arr.dtype, reopen=True)
-        except (OSError, ValueError) as exc:
-            log.warning("cannot continue %s (%s); starting over", part, exc)
-            return None
-        log.info("resuming %s: %d of %d blocks already saved", out, len(journal.done),
-                 len(grid))
-        return _State(sel, grid, journal, output)
-
-    def _start(self, target: Target, arr: RemoteArray, sel: Selection,
-               identity: dict[str, Any], journal: Journal | None) -> _State:
-        """A fresh ``.part`` file and journal (any earlier ones are discarded)."""
-        out = target.output
-        part = _sibling(out, ".part")
-        if journal is None:
-            journal = Journal.open(_sibling(out, ".part.journal"))  # also takes the lock
-        shape, dtype = sel.shape, arr.dtype
-        try:
-            with contextlib.suppress(FileNotFoundError):
-                part.unlink()
-            align = (chunk_grid(shape, dtype.itemsize, self._chunk_bytes)
-                     if identity["format"] == "hdf5" else None)
-            grid = BlockGrid.fit(shape, dtype.itemsize, self.block_bytes, align=align)
-            output = self._output(part, identity, arr, shape, dtype,
-                                  extra_attrs={"source_shape": list(arr.shape),
-                                               "meta": json_attr(arr.info.meta)})
-            try:
-                journal.start({
-                    **identity,
-                    "source_shape": list(arr.shape),
-                    "source_dtype": str(arr.dtype),
-                    "shape": list(shape),
-                    "block_axis": grid.axis,
-                    "block_rows": grid.rows,
-                    "blocks": len(grid),
-                })
-            except BaseException:
-                output.close()
-                raise
-        except BaseException:
-            # nothing of value was written (e.g. no disk space): leave no litter behind
-            with contextlib.suppress(FileNotFoundError):
-                part.unlink()
-            journal.remove()
-            raise
-        return _State(sel, grid, journal, output)
-
-    def _output(self, part: Path, identity: dict[str, Any], arr: RemoteArray,
-                shape: tuple[int, ...], dtype: np.dtype[Any], *, reopen: bool = False,
-                extra_attrs: dict[str, Any] | None = None) -> Output:
-        """Create (or with ``reopen``, continue) the ``.part`` file in the target's format."""
-        source = self._source(identity, arr)
-        if identity["format"] == "npy":
-            if reopen:
-                return NpyOutput.reopen(part, shape, dtype, source=source)
-            return NpyOutput.create(part, shape, dtype, source=source)
-        if reopen:
-            return Hdf5Output.reopen(part, identity["dataset"], shape, dtype)
-        return Hdf5Output.create(part, identity["dataset"], shape, dtype,
-                                 compression=identity["compression"],
-                                 attrs={**source, **(extra_attrs or {})},
-                                 chunk_bytes=self._chunk_bytes)
-
-    async def _fill(self, arr: RemoteArray, state: _State, stats: DownloadStats) -> None:
+    async def _fill(self, arr: RemoteArray, state: Course, stats: DownloadStats) -> None:
         """Download every block the journal does not have yet."""
         grid, journal, output = state.grid, state.journal, state.output
         assert journal is not None and output is not None
@@ -610,27 +413,6 @@ def _check_distinct(targets: Sequence[Target]) -> None:
         seen[key] = i
 
 
-def _sibling(path: Path, suffix: str) -> Path:
-    return path.with_name(path.name + suffix)
-
-
-def _existing_journal(out: Path) -> Journal | None:
-    """The journal an earlier run left for ``out``, locked; ``None`` when there is none."""
-    try:
-        return Journal.open(_sibling(out, ".part.journal"), create=False)
-    except FileNotFoundError:
-        return None
-
-
-def _load(journal: Journal, out: Path) -> dict[str, Any] | None:
-    """The journal's header, or ``None`` when it holds none worth resuming from."""
-    if journal.empty:
-        return None
-    try:
-        return journal.load()
-    except JournalError as exc:
-        log.warning("%s; starting %s over", exc, out)
-        return None
 
 
 def _merge(total: DownloadStats, part: DownloadStats) -> None:
