@@ -1,4 +1,17 @@
-"""Shared fixtures: sample data on disk and the embedded BisQue server over real HTTP."""
+"""Shared fixtures: sample data on disk and the embedded BisQue server over real HTTP.
+
+Every test module gets its server from here. A module that needs its own sample files or
+logins says so as data, not with fixtures of its own:
+
+- ``SAMPLES = write(folder)``: the files of the module's ``folder`` (module-scoped);
+  without it, ``folder`` is the shared :func:`write_samples` folder;
+- ``SERVER_OPTIONS = {...}``: keyword arguments of :func:`run_server` for ``server``
+  (async, per test) and ``thread_server`` (its own thread, per module); the defaults are
+  :data:`SERVER_DEFAULTS`.
+
+Every password and token named in a module's ``SERVER_OPTIONS`` is added to the secrets
+the leak guard looks for, so a new test login cannot be forgotten there.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +19,7 @@ import base64
 import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import hypothesis  # noqa: F401 - see below
 import numpy as np
@@ -17,6 +31,9 @@ from aiobisque.server import TableServer, run_server, samples, serve_in_thread
 # hypothesis is imported here, at collection, on purpose: imported lazily later (its pytest
 # plugin does so at the terminal summary) CPython 3.11.7 can fail with "SystemError: AST
 # constructor recursion depth mismatch" while pytest rewrites it (CPython gh-106905).
+
+#: the fixtures aiobisque ships for its users' tests are used here too (tests/test_plugin.py)
+pytest_plugins = ["aiobisque.server.pytest_plugin"]
 
 USER = ("alice", "wonderland")
 USERS = {"alice": "wonderland", "bob": "builder"}
@@ -52,10 +69,26 @@ def write_samples(folder: Path) -> None:
                         compression="gzip")
 
 
-#: every credential the suite uses, with their Basic-auth encodings
-SUITE_SECRETS = ["wonderland", "builder", "TOKEN123", "s3cr3t-Pa55", "WRONG-pw-123"] + [
-    base64.b64encode(f"{u}:{p}".encode()).decode() for u, p in USERS.items()
-]
+#: run_server's arguments unless a module's SERVER_OPTIONS says otherwise
+SERVER_DEFAULTS: dict[str, Any] = {
+    "users": USERS, "mex_tokens": MEX_TOKENS, "access": ACCESS, "public": PUBLIC,
+}
+
+#: credentials some tests use outside any server's options
+SUITE_SECRETS = ["wonderland", "builder", "TOKEN123", "s3cr3t-Pa55", "WRONG-pw-123"]
+
+
+def server_options(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The test module's ``SERVER_OPTIONS`` over :data:`SERVER_DEFAULTS`."""
+    return {**SERVER_DEFAULTS, **getattr(request.module, "SERVER_OPTIONS", {})}
+
+
+def secrets_of(options: dict[str, Any]) -> list[str]:
+    """Passwords and tokens of a server's options, with their Basic-auth encodings."""
+    users = options.get("users") or {}
+    found = [*SUITE_SECRETS, *users.values(), *(options.get("mex_tokens") or {})]
+    found += [base64.b64encode(f"{u}:{p}".encode()).decode() for u, p in users.items()]
+    return found
 
 
 class _Recorder(logging.Handler):
@@ -68,7 +101,8 @@ class _Recorder(logging.Handler):
 
 
 @pytest.fixture(autouse=True)
-def no_secret_leaks(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def no_secret_leaks(monkeypatch: pytest.MonkeyPatch,
+                    request: pytest.FixtureRequest) -> Iterator[None]:
     """Scan everything each test logs (all loggers, DEBUG included) and every aiobisque
     error it creates: no password, token or its base64 form may appear."""
     recorder = _Recorder()
@@ -89,7 +123,8 @@ def no_secret_leaks(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     finally:
         root.removeHandler(recorder)
         root.setLevel(old_level)
-    leaks = [t for t in recorder.lines + raised for s in SUITE_SECRETS if s in t]
+    secrets = secrets_of(server_options(request))
+    leaks = [t for t in recorder.lines + raised for s in secrets if s in t]
     assert not leaks, f"credentials leaked into logs or errors: {leaks[:3]}"
 
 
@@ -105,10 +140,22 @@ def expected(folder: Path, uniq: str, path: str) -> np.ndarray:
     return samples.expected(files[0], path)
 
 
+@pytest.fixture(scope="module")
+def folder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The module's sample folder: its ``SAMPLES`` written afresh, else the shared one."""
+    write = getattr(request.module, "SAMPLES", None)
+    if write is None:
+        shared: Path = request.getfixturevalue("data_dir")
+        return shared
+    path = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    write(path)
+    return path
+
+
 @pytest.fixture
-async def server(data_dir: Path) -> AsyncIterator[TableServer]:
-    async with run_server(data_dir, users=USERS, mex_tokens=MEX_TOKENS, access=ACCESS,
-                          public=PUBLIC) as srv:
+async def server(folder: Path, request: pytest.FixtureRequest) -> AsyncIterator[TableServer]:
+    """The embedded server on ``folder``, on the test's own event loop."""
+    async with run_server(folder, **server_options(request)) as srv:
         yield srv
 
 
@@ -120,8 +167,7 @@ async def bq(server: TableServer) -> AsyncIterator[BisqueSession]:
 
 
 @pytest.fixture(scope="module")
-def thread_server(data_dir: Path) -> Iterator[TableServer]:
-    """The server on its own thread, for synchronous clients and per-example sessions."""
-    with serve_in_thread(data_dir, users=USERS, mex_tokens=MEX_TOKENS, access=ACCESS,
-                         public=PUBLIC) as srv:
+def thread_server(folder: Path, request: pytest.FixtureRequest) -> Iterator[TableServer]:
+    """The server on ``folder`` on its own thread, for synchronous clients (per module)."""
+    with serve_in_thread(folder, **server_options(request)) as srv:
         yield srv

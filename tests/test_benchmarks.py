@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -53,12 +54,15 @@ def test_update_section_replaces_only_its_own(tmp_path: Path) -> None:
     assert text.index("results:start") < text.index("sweep:start")
 
 
-def test_measure_sees_memory_growth() -> None:
+def test_measure_sees_memory_growth_and_time() -> None:
     with measure() as m:
         block = bytearray(32 << 20)
         block[::4096] = b"\x01" * len(block[::4096])  # touch every page
+        deadline = time.perf_counter() + 0.05
+        while time.perf_counter() < deadline:  # busy: wall and CPU time both pass
+            pass
     assert m.rss_growth >= 24 << 20
-    assert m.seconds >= 0 and m.cpu_seconds >= 0
+    assert m.seconds >= 0.05 and m.cpu_seconds >= 0.02
     del block
 
 

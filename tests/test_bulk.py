@@ -61,22 +61,13 @@ def write_folder(folder: Path) -> None:
     samples.write_table(folder, "tab", "rows", nrows=40)
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("bulk")
-    write_folder(path)
-    return path
+SAMPLES = write_folder
+SERVER_OPTIONS = {"users": USERS}
 
 
 @pytest.fixture
-async def srv(folder: Path) -> AsyncIterator[TableServer]:
-    async with run_server(folder, users=USERS) as server:
-        yield server
-
-
-@pytest.fixture
-async def session(srv: TableServer) -> AsyncIterator[BisqueSession]:
-    async with BisqueSession(srv.root, auth=USER, config=SMALL) as bq:
+async def session(server: TableServer) -> AsyncIterator[BisqueSession]:
+    async with BisqueSession(server.root, auth=USER, config=SMALL) as bq:
         yield bq
 
 
@@ -281,7 +272,7 @@ async def test_selections(session: BisqueSession, folder: Path, tmp_path: Path,
     assert np.array_equal(got, want)
 
 
-async def test_hdf5_layout_and_attributes(session: BisqueSession, srv: TableServer,
+async def test_hdf5_layout_and_attributes(session: BisqueSession, server: TableServer,
                                           tmp_path: Path) -> None:
     out = tmp_path / "labels.hdf5"
     await BulkDownloader(session.table).download(
@@ -289,7 +280,7 @@ async def test_hdf5_layout_and_attributes(session: BisqueSession, srv: TableServ
     with h5py.File(out, "r") as f:
         ds = f["labels"]
         assert ds.compression == "gzip" and ds.chunks is not None
-        assert ds.attrs["root"] == srv.root
+        assert ds.attrs["root"] == server.root
         assert ds.attrs["uniq"] == "vol" and ds.attrs["path"] == "grp/labels"
         assert ds.attrs["selection"] == "1:, :"
         assert list(ds.attrs["source_shape"]) == [7, 11]
@@ -367,7 +358,7 @@ async def test_npy_rerun_is_skipped_only_for_the_same_download(
 
 
 async def test_killed_before_the_source_record_the_journal_proves_the_file(
-    session: BisqueSession, srv: TableServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    session: BisqueSession, server: TableServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "v.npy"
     target = Target("vol", "volume", out, "::2")
@@ -380,9 +371,9 @@ async def test_killed_before_the_source_record_the_journal_proves_the_file(
         await BulkDownloader(session.table).download(target)
     monkeypatch.undo()
     assert files_in(tmp_path) == ["v.npy", "v.npy.part.journal"]
-    srv.stats.reset()
+    server.stats.reset()
     assert (await BulkDownloader(session.table).download(target)).skipped
-    assert data_requests(srv) == 0
+    assert data_requests(server) == 0
     assert files_in(tmp_path) == ["v.npy", "v.npy.source.json"]
 
 
@@ -411,27 +402,27 @@ async def test_nothing_is_created_before_the_checks_pass(
 
 @pytest.mark.parametrize("status", [400, 403, 404])
 async def test_permanent_failure_leaves_nothing_and_no_resume_hint(
-    session: BisqueSession, srv: TableServer, tmp_path: Path, status: int
+    session: BisqueSession, server: TableServer, tmp_path: Path, status: int
 ) -> None:
-    srv.faults = FaultPlan(fail_first=10**6, error_statuses=(status,))
+    server.faults = FaultPlan(fail_first=10**6, error_statuses=(status,))
     with pytest.raises(BisqueError) as info:
         await BulkDownloader(session.table).download(Target("vol", "volume", tmp_path / "v.npy"))
     assert info.value.status == status
     assert not getattr(info.value, "__notes__", [])  # no "rerun to resume": it cannot help
     # refused at once: the requests already in flight, none retried
-    assert 1 <= data_requests(srv) <= SMALL.concurrency
+    assert 1 <= data_requests(server) <= SMALL.concurrency
     assert files_in(tmp_path) == []  # the preallocated .part and its journal are gone
 
 
 async def test_permanent_failure_after_saved_blocks_keeps_them(
-    session: BisqueSession, srv: TableServer, tmp_path: Path
+    session: BisqueSession, server: TableServer, tmp_path: Path
 ) -> None:
     out = tmp_path / "v.npy"
     target = Target("vol", "volume", out)
-    srv.faults = FaultPlan(latency=0.02)
+    server.faults = FaultPlan(latency=0.02)
     await interrupted(session, target)
     saved = journal_blocks(out)
-    srv.faults = FaultPlan(fail_first=10**6, error_statuses=(403,))
+    server.faults = FaultPlan(fail_first=10**6, error_statuses=(403,))
     with pytest.raises(PermissionDeniedError) as info:
         await BulkDownloader(session.table, block_bytes=8 * KiB).download(target)
     notes = info.value.__notes__
@@ -475,17 +466,17 @@ def journal_header(path: Path) -> dict:
 
 @pytest.mark.parametrize("suffix", [".npy", ".h5"])
 async def test_resume_after_cancel_fetches_only_the_rest(
-    session: BisqueSession, srv: TableServer, folder: Path, tmp_path: Path, suffix: str
+    session: BisqueSession, server: TableServer, folder: Path, tmp_path: Path, suffix: str
 ) -> None:
     out = tmp_path / f"v{suffix}"
     target = Target("vol", "volume", out, "::-1")
-    srv.faults = FaultPlan(latency=0.02)
+    server.faults = FaultPlan(latency=0.02)
     await interrupted(session, target)
-    srv.faults = FaultPlan()
-    srv.stats.reset()
+    server.faults = FaultPlan()
+    server.stats.reset()
     meter = Meter()
     result = await BulkDownloader(session.table, block_bytes=1, meter=meter).download(target)
-    resumed_requests = data_requests(srv)
+    resumed_requests = data_requests(server)
 
     assert result.resumed_blocks >= 2
     assert np.array_equal(read_output(out), expected(folder, "vol", "volume")[::-1])
@@ -517,25 +508,25 @@ async def test_changed_remote_is_detected(tmp_path: Path) -> None:
 
 
 async def test_other_request_on_the_same_part_is_refused(session: BisqueSession,
-                                                         srv: TableServer,
+                                                         server: TableServer,
                                                          tmp_path: Path) -> None:
     out = tmp_path / "v.npy"
-    srv.faults = FaultPlan(latency=0.02)
+    server.faults = FaultPlan(latency=0.02)
     await interrupted(session, Target("vol", "volume", out, "::2"))
-    srv.faults = FaultPlan()
+    server.faults = FaultPlan()
     with pytest.raises(ResumeError, match=r"holds another download \(selection '::2' there, "
                                           r"'1::2' now\)"):
         await BulkDownloader(session.table).download(Target("vol", "volume", out, "1::2"))
 
 
 async def test_part_of_another_path_is_refused_as_another_download(
-    session: BisqueSession, srv: TableServer, tmp_path: Path
+    session: BisqueSession, server: TableServer, tmp_path: Path
 ) -> None:
     """Another array has another shape too: the diagnosis is "another download", not "changed"."""
     out = tmp_path / "v.npy"
-    srv.faults = FaultPlan(latency=0.02)
+    server.faults = FaultPlan(latency=0.02)
     await interrupted(session, Target("vol", "volume", out))
-    srv.faults = FaultPlan()
+    server.faults = FaultPlan()
     with pytest.raises(ResumeError, match=r"v\.npy\.part holds another download \(path "
                                           r"'volume' there, 'grp/labels' now\); rerun with "
                                           r"--restart"):
@@ -553,13 +544,13 @@ async def test_damaged_journal_starts_over(session: BisqueSession, folder: Path,
     assert "damaged" in caplog.text and "starting" in caplog.text
 
 
-async def test_unusable_part_file_starts_over(session: BisqueSession, srv: TableServer,
+async def test_unusable_part_file_starts_over(session: BisqueSession, server: TableServer,
                                               folder: Path, tmp_path: Path,
                                               caplog: pytest.LogCaptureFixture) -> None:
     out = tmp_path / "v.h5"
-    srv.faults = FaultPlan(latency=0.02)
+    server.faults = FaultPlan(latency=0.02)
     await interrupted(session, Target("vol", "volume", out))
-    srv.faults = FaultPlan()
+    server.faults = FaultPlan()
     out.with_name("v.h5.part").write_bytes(b"not hdf5 any more")
     await BulkDownloader(session.table).download(Target("vol", "volume", out))
     assert np.array_equal(read_output(out), expected(folder, "vol", "volume"))
@@ -567,16 +558,16 @@ async def test_unusable_part_file_starts_over(session: BisqueSession, srv: Table
 
 
 async def test_failure_keeps_the_part_and_says_how_to_resume(
-    session: BisqueSession, srv: TableServer, folder: Path, tmp_path: Path
+    session: BisqueSession, server: TableServer, folder: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "v.npy"
     target = Target("vol", "volume", out)
-    srv.faults = FaultPlan(fail_first=1000, error_statuses=(503,))
+    server.faults = FaultPlan(fail_first=1000, error_statuses=(503,))
     with pytest.raises(DownloadError) as info:
         await BulkDownloader(session.table).download(target)
     assert any("rerun the same command to resume" in n for n in info.value.__notes__)
     assert out.with_name("v.npy.part").exists() and not out.exists()
-    srv.faults = FaultPlan()
+    server.faults = FaultPlan()
     await BulkDownloader(session.table).download(target)
     assert np.array_equal(np.load(out), expected(folder, "vol", "volume"))
 
@@ -632,8 +623,8 @@ async def test_finished_file_of_a_grown_remote_is_not_taken_as_done(
     remote.mkdir()
     samples.write_array(remote, "grow", "rows", (10, 4), dtype="int32", seed=1)
     out = tmp_path / name
-    async with run_server(remote, users={"alice": "wonderland"}) as srv:
-        async with BisqueSession(srv.root, auth=("alice", "wonderland")) as bq:
+    async with run_server(remote, users={"alice": "wonderland"}) as server:
+        async with BisqueSession(server.root, auth=("alice", "wonderland")) as bq:
             await BulkDownloader(bq.table).download(Target("grow", "rows", out, "-1"))
             samples.write_array(remote, "grow", "rows", (20, 4), dtype="int32", seed=2)
             with pytest.raises(OutputExistsError, match=r"source_shape \[10, 4\], not \[20, 4\]"):

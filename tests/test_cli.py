@@ -6,7 +6,6 @@ import io
 import json
 import logging
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -14,32 +13,24 @@ import numpy as np
 import pytest
 
 from aiobisque import Config
-from aiobisque.cli import credentials
-from aiobisque.cli import EXIT_AUTH, EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+from aiobisque.cli import EXIT_AUTH, EXIT_FAILED, EXIT_OK, EXIT_USAGE, credentials, main
 from aiobisque.config import MiB
-from aiobisque.server import FaultPlan, TableServer, samples, serve_in_thread
+from aiobisque.server import FaultPlan, TableServer, samples
 
 PASSWORD = "s3cret-Pa55-word"  # distinctive, so any leak is easy to find
 USERS = {"carol": PASSWORD, "alice": "wonderland"}
 TOKEN = "TOKEN-xyz-123"
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("cli")
+def SAMPLES(path: Path) -> None:
     samples.write_seed(path)
     samples.write_array(path, "vol", "volume", (40, 30, 20), dtype="float32", seed=1)
     samples.write_array(path, "vol", "grp/labels", (7, 11), dtype="uint16", seed=2)
     samples.write_table(path, "tab", "rows", nrows=12)
     samples.write_array(path, "open", "a", (5, 4), dtype="int16", seed=3)
-    return path
 
 
-@pytest.fixture(scope="module")
-def server(folder: Path) -> Iterator[TableServer]:
-    with serve_in_thread(folder, users=USERS, mex_tokens={TOKEN: "carol"},
-                         public=["open"]) as srv:
-        yield srv
+SERVER_OPTIONS = {"users": USERS, "mex_tokens": {TOKEN: "carol"}, "public": ["open"]}
 
 
 @pytest.fixture(autouse=True)
@@ -104,44 +95,44 @@ def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 # -- info ---------------------------------------------------------------------------------
 
 
-def test_info_array(capsys: pytest.CaptureFixture[str], server: TableServer,
+def test_info_array(capsys: pytest.CaptureFixture[str], thread_server: TableServer,
                     login: list[str]) -> None:
-    status, out, _ = run(capsys, "info", server.root, samples.SEED_UNIQ, samples.SEED_PATH,
+    status, out, _ = run(capsys, "info", thread_server.root, samples.SEED_UNIQ, samples.SEED_PATH,
                          *login)
     assert status == EXIT_OK
     assert "shape: (5, 5, 5, 1)" in out and "dtype: int32" in out
     assert "125 elements, 500 B" in out and "meta ObjectType: DataArray<int32_t>" in out
 
 
-def test_info_group_tree(capsys: pytest.CaptureFixture[str], server: TableServer,
+def test_info_group_tree(capsys: pytest.CaptureFixture[str], thread_server: TableServer,
                          login: list[str]) -> None:
-    status, out, _ = run(capsys, "info", server.root, samples.SEED_UNIQ, *login)
+    status, out, _ = run(capsys, "info", thread_server.root, samples.SEED_UNIQ, *login)
     assert status == EXIT_OK
     assert "(group)" in out
     assert "│       ├── CellData/" in out
     assert "Phases  (5, 5, 5, 1) int32, 500 B" in out
 
 
-def test_info_json_and_table(capsys: pytest.CaptureFixture[str], server: TableServer,
+def test_info_json_and_table(capsys: pytest.CaptureFixture[str], thread_server: TableServer,
                              login: list[str]) -> None:
-    status, out, _ = run(capsys, "info", server.root, "tab", "rows", "--json", *login)
+    status, out, _ = run(capsys, "info", thread_server.root, "tab", "rows", "--json", *login)
     doc = json.loads(out)
     assert status == EXIT_OK and doc["kind"] == "table" and doc["shape"] == [12]
     assert doc["columns"] == {"id": "int32", "x": "float64", "label": "|S8"}
-    status, out, _ = run(capsys, "info", server.root, "vol", "--json", *login)
+    status, out, _ = run(capsys, "info", thread_server.root, "vol", "--json", *login)
     tree = json.loads(out)
     assert [c["path"] for c in tree["children"]] == ["/grp", "/volume"]
     assert tree["children"][0]["children"][0]["shape"] == [7, 11]
 
 
-def test_info_root_from_environment(capsys: pytest.CaptureFixture[str], server: TableServer,
+def test_info_root_from_environment(capsys: pytest.CaptureFixture[str], thread_server: TableServer,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BISQUE_ROOT", server.root)
+    monkeypatch.setenv("BISQUE_ROOT", thread_server.root)
     status, out, _ = run(capsys, "info", "open", "a")  # anonymous, public resource
     assert status == EXIT_OK and "shape: (4, 3)" not in out and "shape: (5, 4)" in out
     # a data_service URL names its server: no ROOT needed
     monkeypatch.delenv("BISQUE_ROOT")
-    status, out, _ = run(capsys, "info", f"{server.root}/data_service/open", "a")
+    status, out, _ = run(capsys, "info", f"{thread_server.root}/data_service/open", "a")
     assert status == EXIT_OK and "dtype: int16" in out
 
 
@@ -198,10 +189,10 @@ def test_argument_errors(capsys: pytest.CaptureFixture[str], argv: list[str],
 # -- download -----------------------------------------------------------------------------
 
 
-def test_download_npy(capsys: pytest.CaptureFixture[str], server: TableServer, folder: Path,
+def test_download_npy(capsys: pytest.CaptureFixture[str], thread_server: TableServer, folder: Path,
                       tmp_path: Path, login: list[str]) -> None:
     out_file = tmp_path / "v.npy"
-    status, out, err = run(capsys, "download", server.root, "vol", "volume", "-o", out_file,
+    status, out, err = run(capsys, "download", thread_server.root, "vol", "volume", "-o", out_file,
                            "--slices", "5:30, ::-2, -1", "--request-mb", "0.001",
                            "--block-mb", "0.002", "--concurrency", "3", *login)
     assert status == EXIT_OK, err
@@ -210,10 +201,10 @@ def test_download_npy(capsys: pytest.CaptureFixture[str], server: TableServer, f
     assert f"{out_file}: (25, 15) float32" in out and "requests" in out
 
 
-def test_download_hdf5(capsys: pytest.CaptureFixture[str], server: TableServer, folder: Path,
+def test_download_hdf5(capsys: pytest.CaptureFixture[str], thread_server: TableServer, folder: Path,
                        tmp_path: Path, login: list[str]) -> None:
     out_file = tmp_path / "phases.h5"
-    status, _, err = run(capsys, "download", server.root, samples.SEED_UNIQ, samples.SEED_PATH,
+    status, _, err = run(capsys, "download", thread_server.root, samples.SEED_UNIQ, samples.SEED_PATH,
                          "-o", out_file, "--compression", "gzip", "--dataset", "ms/phases",
                          *login)
     assert status == EXIT_OK, err
@@ -222,46 +213,46 @@ def test_download_hdf5(capsys: pytest.CaptureFixture[str], server: TableServer, 
         assert np.array_equal(ds[()], expected(folder, samples.SEED_UNIQ, samples.SEED_PATH))
         assert ds.compression == "gzip"
         assert ds.attrs["uniq"] == samples.SEED_UNIQ and ds.attrs["path"] == samples.SEED_PATH
-        assert ds.attrs["selection"] == "..." and ds.attrs["root"] == server.root
+        assert ds.attrs["selection"] == "..." and ds.attrs["root"] == thread_server.root
         assert json.loads(ds.attrs["meta"])["ObjectType"] == "DataArray<int32_t>"
     # the same command again: nothing to do
-    status, out, _ = run(capsys, "download", server.root, samples.SEED_UNIQ, samples.SEED_PATH,
+    status, out, _ = run(capsys, "download", thread_server.root, samples.SEED_UNIQ, samples.SEED_PATH,
                          "-o", out_file, "--compression", "gzip", "--dataset", "ms/phases",
                          *login)
     assert status == EXIT_OK and "already downloaded" in out
 
 
 def test_download_root_from_environment(capsys: pytest.CaptureFixture[str],
-                                        server: TableServer, folder: Path, tmp_path: Path,
+                                        thread_server: TableServer, folder: Path, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BISQUE_ROOT", server.root)
+    monkeypatch.setenv("BISQUE_ROOT", thread_server.root)
     status, _, err = run(capsys, "download", "open", "a", "-o", tmp_path / "a.npy")
     assert status == EXIT_OK, err
     assert np.array_equal(np.load(tmp_path / "a.npy"), expected(folder, "open", "a"))
 
 
 def test_typo_in_path_is_a_clear_not_found(capsys: pytest.CaptureFixture[str],
-                                           server: TableServer, tmp_path: Path,
+                                           thread_server: TableServer, tmp_path: Path,
                                            login: list[str]) -> None:
-    status, _, err = run(capsys, "download", server.root, "vol", "grp/lables", "-o",
+    status, _, err = run(capsys, "download", thread_server.root, "vol", "grp/lables", "-o",
                          tmp_path / "x.npy", *login)
     assert status == EXIT_FAILED
     assert err == ("aiobisque download: error: info of vol/grp/lables was not found "
                    "(HTTP 404): no node 'lables' under /grp\n")
-    status, _, err = run(capsys, "info", server.root, "00-noSuchThing", *login)
+    status, _, err = run(capsys, "info", thread_server.root, "00-noSuchThing", *login)
     assert status == EXIT_FAILED and "00-noSuchThing" in err and "not found" in err
-    status, _, err = run(capsys, "download", server.root, "vol", "grp", "-o",
+    status, _, err = run(capsys, "download", thread_server.root, "vol", "grp", "-o",
                          tmp_path / "x.npy", *login)
     assert status == EXIT_FAILED and "is a group, not an array; arrays inside: /grp/labels" in err
     assert list(tmp_path.iterdir()) == []
 
 
 def test_rerun_with_another_selection_is_refused(capsys: pytest.CaptureFixture[str],
-                                                server: TableServer, folder: Path,
+                                                thread_server: TableServer, folder: Path,
                                                 tmp_path: Path, login: list[str]) -> None:
     """A finished .npy file is skipped only when it provably holds the same download."""
     out_file = tmp_path / "full2.npy"
-    argv = ["download", server.root, "vol", "volume", "-o", out_file, *login]
+    argv = ["download", thread_server.root, "vol", "volume", "-o", out_file, *login]
     assert run(capsys, *argv, "--slices", "0")[0] == EXIT_OK
     status, out, _ = run(capsys, *argv, "--slices", "0")
     assert status == EXIT_OK and "already downloaded" in out
@@ -280,50 +271,50 @@ def test_rerun_with_another_selection_is_refused(capsys: pytest.CaptureFixture[s
 
 
 @pytest.mark.parametrize("slices", ["40", "1,2,3,4", "::0", "0, 0, 0, 0"])
-def test_bad_selection_creates_no_file(capsys: pytest.CaptureFixture[str], server: TableServer,
+def test_bad_selection_creates_no_file(capsys: pytest.CaptureFixture[str], thread_server: TableServer,
                                        tmp_path: Path, login: list[str], slices: str) -> None:
-    status, _, err = run(capsys, "download", server.root, "vol", "volume", "-o",
+    status, _, err = run(capsys, "download", thread_server.root, "vol", "volume", "-o",
                          tmp_path / "x.npy", "--slices", slices, *login)
     assert status == EXIT_USAGE and err.startswith("aiobisque download: error: ")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_mismatched_output_creates_no_file(capsys: pytest.CaptureFixture[str],
-                                           server: TableServer, tmp_path: Path,
+                                           thread_server: TableServer, tmp_path: Path,
                                            login: list[str]) -> None:
     mine = tmp_path / "mine.npy"
     np.save(mine, np.zeros((3, 3)))
-    status, _, err = run(capsys, "download", server.root, "vol", "volume", "-o", mine, *login)
+    status, _, err = run(capsys, "download", thread_server.root, "vol", "volume", "-o", mine, *login)
     assert status == EXIT_FAILED
     assert "mine.npy already exists and is not this download (no mine.npy.source.json" in err
     assert list(tmp_path.iterdir()) == [mine] and np.load(mine).shape == (3, 3)
 
 
 def test_permanent_failure_has_no_resume_hint(capsys: pytest.CaptureFixture[str],
-                                              server: TableServer, tmp_path: Path,
+                                              thread_server: TableServer, tmp_path: Path,
                                               login: list[str]) -> None:
     """A refused data request cannot be cured by a rerun: no hint, no preallocated .part."""
-    server.faults = FaultPlan(fail_first=10**6, error_statuses=(404,))
+    thread_server.faults = FaultPlan(fail_first=10**6, error_statuses=(404,))
     try:
-        status, _, err = run(capsys, "download", server.root, "vol", "volume", "-o",
+        status, _, err = run(capsys, "download", thread_server.root, "vol", "volume", "-o",
                              tmp_path / "x.npy", *login)
     finally:
-        server.faults = FaultPlan()
+        thread_server.faults = FaultPlan()
     assert status == EXIT_FAILED and "(HTTP 404)" in err and err.count("\n") == 1
     assert "rerun" not in err and "resume" not in err
     assert list(tmp_path.iterdir()) == []
 
 
 def test_selection_out_of_range_is_a_usage_error(capsys: pytest.CaptureFixture[str],
-                                                 server: TableServer, tmp_path: Path,
+                                                 thread_server: TableServer, tmp_path: Path,
                                                  login: list[str]) -> None:
-    status, _, err = run(capsys, "download", server.root, "vol", "volume", "-o",
+    status, _, err = run(capsys, "download", thread_server.root, "vol", "volume", "-o",
                          tmp_path / "x.npy", "--slices", "40", *login)
     assert status == EXIT_USAGE
     assert "index 40 is out of bounds for axis 0 with size 40" in err
 
 
-def test_from_list_with_one_bad_entry(capsys: pytest.CaptureFixture[str], server: TableServer,
+def test_from_list_with_one_bad_entry(capsys: pytest.CaptureFixture[str], thread_server: TableServer,
                                       folder: Path, tmp_path: Path, login: list[str],
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
@@ -336,7 +327,7 @@ def test_from_list_with_one_bad_entry(capsys: pytest.CaptureFixture[str], server
         f"'{samples.SEED_UNIQ}' {samples.SEED_PATH} \"phases one.h5\"\n"
         "vol grp/labels labels.h5 '-1'\n"
     )
-    status, out, _err = run(capsys, "download", server.root, "--from-list", listing, "--jobs",
+    status, out, _err = run(capsys, "download", thread_server.root, "--from-list", listing, "--jobs",
                            "2", *login)
     assert status == EXIT_FAILED
     assert "4 downloads: 3 done, 1 failed" in out
@@ -353,21 +344,21 @@ def test_from_list_with_one_bad_entry(capsys: pytest.CaptureFixture[str], server
 
 
 def test_from_list_rerun_fetches_no_data(capsys: pytest.CaptureFixture[str],
-                                         server: TableServer, tmp_path: Path,
+                                         thread_server: TableServer, tmp_path: Path,
                                          login: list[str], monkeypatch: pytest.MonkeyPatch
                                          ) -> None:
     monkeypatch.chdir(tmp_path)
     listing = tmp_path / "wanted.txt"
     listing.write_text("vol volume a.npy ::2\nvol volume b.npy 1::2\nvol grp/labels c.h5\n"
                        "vol volume bad.npy 99\n")
-    argv = ["download", server.root, "--from-list", listing, *login]
+    argv = ["download", thread_server.root, "--from-list", listing, *login]
     status, out, _ = run(capsys, *argv)
     assert status == EXIT_FAILED and "4 downloads: 3 done, 1 failed" in out
     assert "FAILED  bad.npy (vol/volume): index 99 is out of bounds" in out
-    server.stats.reset()
+    thread_server.stats.reset()
     status, out, _ = run(capsys, *argv)
     assert status == EXIT_FAILED and out.count("already downloaded") == 3
-    assert server.stats.requests["data"] == 0
+    assert thread_server.stats.requests["data"] == 0
     assert not list(tmp_path.glob("bad.npy*"))  # the failed line left nothing behind
 
 
@@ -395,32 +386,32 @@ def test_from_list_syntax_errors(capsys: pytest.CaptureFixture[str], tmp_path: P
 # -- credentials --------------------------------------------------------------------------
 
 
-def test_wrong_password_exits_3(capsys: pytest.CaptureFixture[str], server: TableServer,
+def test_wrong_password_exits_3(capsys: pytest.CaptureFixture[str], thread_server: TableServer,
                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BISQUE_PASSWORD", "not-the-password")
-    status, out, err = run(capsys, "download", server.root, "vol", "volume", "-o",
+    status, out, err = run(capsys, "download", thread_server.root, "vol", "volume", "-o",
                            tmp_path / "v.npy", "--user", "carol")
     assert status == EXIT_AUTH
-    assert err == (f"aiobisque download: error: {server.root} rejected the credentials of "
+    assert err == (f"aiobisque download: error: {thread_server.root} rejected the credentials of "
                    "user 'carol' (wrong user name or password?)\n")
     assert "not-the-password" not in out + err
 
 
 def test_missing_password_without_terminal_exits_3(capsys: pytest.CaptureFixture[str],
-                                                   server: TableServer, tmp_path: Path,
+                                                   thread_server: TableServer, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    status, _, err = run(capsys, "info", server.root, "vol", "--user", "carol")
+    status, _, err = run(capsys, "info", thread_server.root, "vol", "--user", "carol")
     assert status == EXIT_AUTH
     assert "no password for user 'carol': set $BISQUE_PASSWORD" in err
     # the hint names the netrc file actually read
     assert f"add 127.0.0.1 to $NETRC ({tmp_path / 'no-netrc'})," in err
     monkeypatch.delenv("NETRC")
     monkeypatch.setenv("HOME", str(tmp_path))
-    status, _, err = run(capsys, "info", server.root, "vol", "--user", "carol")
+    status, _, err = run(capsys, "info", thread_server.root, "vol", "--user", "carol")
     assert status == EXIT_AUTH and "add 127.0.0.1 to ~/.netrc," in err
 
 
-def test_password_prompt_on_a_terminal(capsys: pytest.CaptureFixture[str], server: TableServer,
+def test_password_prompt_on_a_terminal(capsys: pytest.CaptureFixture[str], thread_server: TableServer,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
@@ -429,58 +420,58 @@ def test_password_prompt_on_a_terminal(capsys: pytest.CaptureFixture[str], serve
     prompts: list[str] = []
     monkeypatch.setattr(sys, "stdin", Terminal())
     monkeypatch.setattr(credentials.getpass, "getpass", lambda prompt: prompts.append(prompt) or PASSWORD)
-    status, _, err = run(capsys, "info", server.root, "vol", "volume", "--user", "carol")
+    status, _, err = run(capsys, "info", thread_server.root, "vol", "volume", "--user", "carol")
     assert status == EXIT_OK, err
     assert prompts == ["password for carol at 127.0.0.1: "]
 
 
-def test_netrc(capsys: pytest.CaptureFixture[str], server: TableServer, tmp_path: Path,
+def test_netrc(capsys: pytest.CaptureFixture[str], thread_server: TableServer, tmp_path: Path,
                monkeypatch: pytest.MonkeyPatch) -> None:
     netrc_file = tmp_path / "netrc"
     netrc_file.write_text(f"machine 127.0.0.1 login carol password {PASSWORD}\n")
     monkeypatch.setenv("NETRC", str(netrc_file))
-    status, _, err = run(capsys, "info", server.root, "vol", "volume", "--user", "carol")
+    status, _, err = run(capsys, "info", thread_server.root, "vol", "volume", "--user", "carol")
     assert status == EXIT_OK, err
-    status, _, err = run(capsys, "info", server.root, "vol", "volume", "-v")  # login from netrc
+    status, _, err = run(capsys, "info", thread_server.root, "vol", "volume", "-v")  # login from netrc
     assert status == EXIT_OK and "logging in as carol (from netrc)" in err
     # netrc holds carol, not alice: no password for alice
-    status, _, err = run(capsys, "info", server.root, "vol", "--user", "alice")
+    status, _, err = run(capsys, "info", thread_server.root, "vol", "--user", "alice")
     assert status == EXIT_AUTH and "no password for user 'alice'" in err
     netrc_file.write_text(f"machine 127.0.0.1 login carol passwd {PASSWORD}\n")
-    status, _, err = run(capsys, "info", server.root, "vol", "--user", "carol")
+    status, _, err = run(capsys, "info", thread_server.root, "vol", "--user", "carol")
     assert status == EXIT_AUTH and "not valid netrc syntax" in err
     assert PASSWORD not in err
 
 
-def test_mex_token(capsys: pytest.CaptureFixture[str], server: TableServer,
+def test_mex_token(capsys: pytest.CaptureFixture[str], thread_server: TableServer,
                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEX", TOKEN)
-    status, _, err = run(capsys, "info", server.root, "vol", "volume", "--mex-token-env", "MEX")
+    status, _, err = run(capsys, "info", thread_server.root, "vol", "volume", "--mex-token-env", "MEX")
     assert status == EXIT_OK, err
     monkeypatch.setenv("MEX", "bad-token")
-    status, _, err = run(capsys, "info", server.root, "vol", "--mex-token-env", "MEX")
+    status, _, err = run(capsys, "info", thread_server.root, "vol", "--mex-token-env", "MEX")
     assert status == EXIT_AUTH and "rejected the Mex token" in err
     assert "bad-token" not in err
 
 
 def test_anonymous_on_a_private_resource_exits_3(capsys: pytest.CaptureFixture[str],
-                                                 server: TableServer) -> None:
-    status, _, err = run(capsys, "info", server.root, "vol", "volume")
+                                                 thread_server: TableServer) -> None:
+    status, _, err = run(capsys, "info", thread_server.root, "vol", "volume")
     assert status == EXIT_AUTH and "401" in err
 
 
 def test_password_never_appears_in_output_or_logs(
-    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, server: TableServer,
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, thread_server: TableServer,
     tmp_path: Path, login: list[str]
 ) -> None:
     caplog.set_level(logging.DEBUG)
     seen = []
     for argv in (
-        ["info", server.root, "vol", "-vv", *login],
-        ["download", server.root, "vol", "volume", "-o", tmp_path / "v.h5", "-vv",
+        ["info", thread_server.root, "vol", "-vv", *login],
+        ["download", thread_server.root, "vol", "volume", "-o", tmp_path / "v.h5", "-vv",
          "--progress-interval", "0.0001", *login],
-        ["download", server.root, "vol", "nope", "-o", tmp_path / "w.npy", "-vv", *login],
-        ["download", server.root, "vol", "volume", "-o", tmp_path / "v.h5", "--slices", "1",
+        ["download", thread_server.root, "vol", "nope", "-o", tmp_path / "w.npy", "-vv", *login],
+        ["download", thread_server.root, "vol", "volume", "-o", tmp_path / "v.h5", "--slices", "1",
          "-vv", *login],
     ):
         status, out, err = run(capsys, *argv)
@@ -495,21 +486,21 @@ def test_password_never_appears_in_output_or_logs(
 
 
 def test_progress_lines_when_not_a_terminal(capsys: pytest.CaptureFixture[str],
-                                            server: TableServer, tmp_path: Path,
+                                            thread_server: TableServer, tmp_path: Path,
                                             login: list[str]) -> None:
-    status, _, err = run(capsys, "download", server.root, "vol", "volume", "-o",
+    status, _, err = run(capsys, "download", thread_server.root, "vol", "volume", "-o",
                          tmp_path / "v.npy", "--progress-interval", "0.000001",
                          "--request-mb", "0.01", *login)
     assert status == EXIT_OK
     lines = [x for x in err.splitlines() if x.startswith("aiobisque: ")]
     assert lines and "requests" in lines[-1] and "retries" in lines[-1] and "ETA" in lines[-1]
-    status, _, err = run(capsys, "download", server.root, "vol", "volume", "-o",
+    status, _, err = run(capsys, "download", thread_server.root, "vol", "volume", "-o",
                          tmp_path / "w.npy", "--progress-interval", "0.000001", "--no-progress",
                          *login)
     assert status == EXIT_OK and err == ""
 
 
-def test_progress_bar_on_a_terminal(monkeypatch: pytest.MonkeyPatch, server: TableServer,
+def test_progress_bar_on_a_terminal(monkeypatch: pytest.MonkeyPatch, thread_server: TableServer,
                                     tmp_path: Path, login: list[str],
                                     capsys: pytest.CaptureFixture[str]) -> None:
     class Terminal(io.StringIO):
@@ -518,7 +509,7 @@ def test_progress_bar_on_a_terminal(monkeypatch: pytest.MonkeyPatch, server: Tab
 
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
-    status = main(["download", server.root, "vol", "volume", "-o", str(tmp_path / "v.npy"),
+    status = main(["download", thread_server.root, "vol", "volume", "-o", str(tmp_path / "v.npy"),
                    "--request-mb", "0.01", *login])
     assert status == EXIT_OK
     shown = terminal.getvalue()
@@ -528,9 +519,9 @@ def test_progress_bar_on_a_terminal(monkeypatch: pytest.MonkeyPatch, server: Tab
 
 
 async def test_main_inside_a_running_loop(capsys: pytest.CaptureFixture[str],
-                                          server: TableServer, login: list[str]) -> None:
+                                          thread_server: TableServer, login: list[str]) -> None:
     """From a notebook-like context (a loop already running) main still works."""
-    status = main(["info", server.root, "vol", "volume", *login])
+    status = main(["info", thread_server.root, "vol", "volume", *login])
     assert status == EXIT_OK and "shape: (40, 30, 20)" in capsys.readouterr().out
 
 

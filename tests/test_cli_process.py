@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -34,18 +33,12 @@ STALLED = FaultPlan(latency=600)
 BIG_SHAPE = (256, 256, 256)  # float32: 64 MiB
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("cli-process")
+def SAMPLES(path: Path) -> None:
     samples.write_array(path, "vol", "volume", (256, 64, 64), dtype="float32", seed=4)
     samples.write_array(path, "big", "volume", BIG_SHAPE, dtype="float32", seed=5)
-    return path
 
 
-@pytest.fixture(scope="module")
-def server(folder: Path) -> Iterator[TableServer]:
-    with serve_in_thread(folder, users={"carol": PASSWORD}) as srv:
-        yield srv
+SERVER_OPTIONS = {"users": {"carol": PASSWORD}}
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +76,7 @@ def wait_for_blocks(proc: subprocess.Popen[str], output: Path, blocks: int) -> N
         time.sleep(0.02)
 
 
-def hold_after_blocks(proc: subprocess.Popen[str], server: TableServer, output: Path,
+def hold_after_blocks(proc: subprocess.Popen[str], thread_server: TableServer, output: Path,
                       blocks: int) -> None:
     """Wait for ``blocks`` journaled blocks, then stall the server under the child.
 
@@ -91,7 +84,7 @@ def hold_after_blocks(proc: subprocess.Popen[str], server: TableServer, output: 
     however loaded the machine is.
     """
     wait_for_blocks(proc, output, blocks)
-    server.faults = STALLED
+    thread_server.faults = STALLED
     assert proc.poll() is None, proc.communicate()
     assert not output.exists() and journaled_blocks(output) < 16
 
@@ -104,15 +97,15 @@ def test_python_m_help() -> None:
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".h5"])
-def test_kill_9_then_resume(server: TableServer, folder: Path, tmp_path: Path,
+def test_kill_9_then_resume(thread_server: TableServer, folder: Path, tmp_path: Path,
                             suffix: str, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / f"v{suffix}"
-    argv = ["download", server.root, "vol", "volume", "-o", out, "--user", "carol", *SMALL_ARGS]
-    server.faults = SLOW
+    argv = ["download", thread_server.root, "vol", "volume", "-o", out, "--user", "carol", *SMALL_ARGS]
+    thread_server.faults = SLOW
     try:
         proc = start(*argv)
         try:
-            hold_after_blocks(proc, server, out, 3)
+            hold_after_blocks(proc, thread_server, out, 3)
             with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
                 assert PASSWORD.encode() not in f.read()  # never in the process list
             proc.send_signal(signal.SIGKILL)
@@ -121,13 +114,13 @@ def test_kill_9_then_resume(server: TableServer, folder: Path, tmp_path: Path,
             _, err = proc.communicate(timeout=30)
         assert proc.returncode == -signal.SIGKILL and PASSWORD not in err
     finally:
-        server.faults = FaultPlan()
+        thread_server.faults = FaultPlan()
     assert not out.exists() and out.with_name(out.name + ".part").exists()
     saved = journaled_blocks(out)
 
-    server.stats.reset()
+    thread_server.stats.reset()
     assert main([str(a) for a in argv]) == EXIT_OK
-    resumed_requests = server.stats.requests["data"]
+    resumed_requests = thread_server.stats.requests["data"]
     assert f"resumed with {saved}/16 blocks" in capsys.readouterr().out
     assert 0 < resumed_requests <= 64 - 4 * saved  # 4 requests per saved block were not redone
     want = samples.expected(samples.resource_file(folder, "vol"), "volume")
@@ -146,12 +139,12 @@ def test_changed_remote_after_kill_is_detected(tmp_path: Path,
     remote.mkdir()
     samples.write_array(remote, "vol", "volume", (256, 64, 64), dtype="float32", seed=4)
     out = tmp_path / "v.npy"
-    with serve_in_thread(remote, users={"carol": PASSWORD}, faults=SLOW) as server:
-        argv = ["download", server.root, "vol", "volume", "-o", out, "--user", "carol",
+    with serve_in_thread(remote, users={"carol": PASSWORD}, faults=SLOW) as thread_server:
+        argv = ["download", thread_server.root, "vol", "volume", "-o", out, "--user", "carol",
                 *SMALL_ARGS]
         proc = start(*argv)
         try:
-            hold_after_blocks(proc, server, out, 2)
+            hold_after_blocks(proc, thread_server, out, 2)
         finally:
             proc.kill()
             proc.communicate(timeout=30)
@@ -162,7 +155,7 @@ def test_changed_remote_after_kill_is_detected(tmp_path: Path,
         staging.mkdir()
         samples.write_array(staging, "vol", "volume", (128, 64, 64), dtype="int16", seed=6)
         os.replace(samples.resource_file(staging, "vol"), samples.resource_file(remote, "vol"))
-        server.faults = FaultPlan()
+        thread_server.faults = FaultPlan()
         assert main([str(a) for a in argv]) == EXIT_FAILED
         err = capsys.readouterr().err
         assert "the remote array vol/volume changed" in err
@@ -173,20 +166,20 @@ def test_changed_remote_after_kill_is_detected(tmp_path: Path,
     assert np.array_equal(np.load(out), want)
 
 
-def test_ctrl_c_keeps_the_part_file(server: TableServer, tmp_path: Path) -> None:
+def test_ctrl_c_keeps_the_part_file(thread_server: TableServer, tmp_path: Path) -> None:
     out = tmp_path / "v.npy"
-    server.faults = SLOW
+    thread_server.faults = SLOW
     try:
-        proc = start("download", server.root, "vol", "volume", "-o", out, "--user", "carol",
+        proc = start("download", thread_server.root, "vol", "volume", "-o", out, "--user", "carol",
                      *SMALL_ARGS)
         try:
-            hold_after_blocks(proc, server, out, 1)
+            hold_after_blocks(proc, thread_server, out, 1)
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=30)
         finally:
             proc.kill()
     finally:
-        server.faults = FaultPlan()
+        thread_server.faults = FaultPlan()
     assert proc.returncode == EXIT_INTERRUPTED
     assert "interrupted; partial downloads are kept" in err and "Traceback" not in err
     assert out.with_name("v.npy.part").exists() and journaled_blocks(out) >= 1
@@ -210,12 +203,12 @@ print(code, before, status("VmHWM"))
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".h5"])
-def test_memory_stays_bounded(server: TableServer, folder: Path, tmp_path: Path,
+def test_memory_stays_bounded(thread_server: TableServer, folder: Path, tmp_path: Path,
                               suffix: str) -> None:
     """A 64 MiB download with a 4 MiB in-flight budget grows the process by far less."""
     out = tmp_path / f"big{suffix}"
     done = subprocess.run(
-        [sys.executable, "-c", _MEASURE, "download", server.root, "big", "volume", "-o",
+        [sys.executable, "-c", _MEASURE, "download", thread_server.root, "big", "volume", "-o",
          str(out), "--user", "carol", "--request-mb", "1", "--inflight-mb", "4",
          "--concurrency", "4", "--no-progress"],
         capture_output=True, text=True, env=child_env(), timeout=120,

@@ -17,7 +17,7 @@ import pytest
 
 import aiobisque
 from aiobisque.compat import BQApiError, BQCommError, BQSession
-from aiobisque.server import TableServer, samples, serve_in_thread
+from aiobisque.server import TableServer, samples
 
 bqapi = pytest.importorskip("bqapi")
 
@@ -46,46 +46,40 @@ SEED_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("compat")
+def SAMPLES(folder: Path) -> None:
     samples.write_seed(folder)
     samples.write_array(folder, "vol", "volumes/big endian", (6, 7, 8), dtype=">f8", seed=2)
     samples.write_array(folder, "vol", "flat", (13,), dtype="uint16", seed=3)
-    return folder
+
+
+SERVER_OPTIONS = {"users": {USER: PASSWORD}, "mex_tokens": {"TOKEN123": USER}}
 
 
 @pytest.fixture(scope="module")
-def server(folder: Path) -> Iterator[TableServer]:
-    with serve_in_thread(folder, users={USER: PASSWORD}, mex_tokens={"TOKEN123": USER}) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def compat(server: TableServer) -> Iterator[BQSession]:
-    bq = BQSession().init_local(USER, PASSWORD, bisque_root=server.root)
+def compat(thread_server: TableServer) -> Iterator[BQSession]:
+    bq = BQSession().init_local(USER, PASSWORD, bisque_root=thread_server.root)
     assert bq is not None
     yield bq
     bq.close()
 
 
 @pytest.fixture(scope="module")
-def official(server: TableServer) -> Iterator[Any]:
-    bq = bqapi.BQSession().init_local(USER, PASSWORD, bisque_root=server.root,
+def official(thread_server: TableServer) -> Iterator[Any]:
+    bq = bqapi.BQSession().init_local(USER, PASSWORD, bisque_root=thread_server.root,
                                       create_mex=False)
     assert bq is not None
     yield bq
     bq.c.close()  # the underlying requests session
 
 
-def test_seed_example_runs_unchanged(server: TableServer, tmp_path: Path) -> None:
+def test_seed_example_runs_unchanged(thread_server: TableServer, tmp_path: Path) -> None:
     script = tmp_path / "get_table.py"
     script.write_text(SEED_SCRIPT)
     env = {**os.environ, "BQ_USER": USER, "BQ_PASSWORD": PASSWORD,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
                                                        os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(
-        [sys.executable, str(script), server.root, samples.SEED_UNIQ, samples.SEED_PATH],
+        [sys.executable, str(script), thread_server.root, samples.SEED_UNIQ, samples.SEED_PATH],
         env=env, capture_output=True, text=True, timeout=60, check=False,
     )
     assert done.returncode == 0, done.stderr
@@ -117,8 +111,8 @@ def test_same_result_as_bqapi(compat: BQSession, official: Any, uniq: str, path:
 
 
 def test_resource_url_and_keyword_slices(compat: BQSession, official: Any,
-                                         server: TableServer) -> None:
-    url = f"{server.root}/data_service/{samples.SEED_UNIQ}"
+                                         thread_server: TableServer) -> None:
+    url = f"{thread_server.root}/data_service/{samples.SEED_UNIQ}"
     ours = compat.service("table").load_array(  # type: ignore[union-attr]
         url, samples.SEED_PATH, slices=[3])
     theirs = official.service("table").load_array(url, samples.SEED_PATH, slices=[3])
@@ -127,8 +121,8 @@ def test_resource_url_and_keyword_slices(compat: BQSession, official: Any,
 
 
 def test_session_attributes_like_bqapi(compat: BQSession, official: Any,
-                                       server: TableServer) -> None:
-    assert compat.bisque_root == official.bisque_root == server.root
+                                       thread_server: TableServer) -> None:
+    assert compat.bisque_root == official.bisque_root == thread_server.root
     assert set(compat.service_map) == set(official.service_map)
     assert compat.mex is None
     # bqapi answers None for a service the server does not list
@@ -138,25 +132,25 @@ def test_session_attributes_like_bqapi(compat: BQSession, official: Any,
         compat.service("data_service")
 
 
-def test_wrong_password_returns_none_like_bqapi(server: TableServer,
+def test_wrong_password_returns_none_like_bqapi(thread_server: TableServer,
                                                 caplog: pytest.LogCaptureFixture) -> None:
     theirs = bqapi.BQSession()
     try:
-        assert theirs.init_local(USER, "not-the-password", bisque_root=server.root,
+        assert theirs.init_local(USER, "not-the-password", bisque_root=thread_server.root,
                                  create_mex=False) is None
     finally:
         theirs.c.close()
     with caplog.at_level(logging.ERROR, logger="aiobisque.compat"):
         assert BQSession().init_local(USER, "not-the-password",
-                                      bisque_root=server.root) is None
+                                      bisque_root=thread_server.root) is None
     assert "rejected" in caplog.text
     assert "not-the-password" not in caplog.text
 
 
-def test_wrong_password_can_raise(server: TableServer) -> None:
+def test_wrong_password_can_raise(thread_server: TableServer) -> None:
     bq = BQSession(raise_on_login_failure=True)
     with pytest.raises(BQCommError) as info:
-        bq.init_local(USER, "not-the-password", bisque_root=server.root)
+        bq.init_local(USER, "not-the-password", bisque_root=thread_server.root)
     assert isinstance(info.value, aiobisque.AuthenticationError)
     assert isinstance(info.value.__cause__, aiobisque.AuthenticationError)
     assert "not-the-password" not in str(info.value)
@@ -194,11 +188,11 @@ def test_extensions_beyond_bqapi(compat: BQSession, folder: Path) -> None:
     np.testing.assert_array_equal(got, expected[-1:, ::2])
 
 
-def test_init_mex(server: TableServer) -> None:
-    mex_url = f"{server.root}/module_service/mex/TOKEN123"
+def test_init_mex(thread_server: TableServer) -> None:
+    mex_url = f"{thread_server.root}/module_service/mex/TOKEN123"
     bq = BQSession().init_mex(mex_url, "TOKEN123")
     try:
-        assert bq.bisque_root == server.root
+        assert bq.bisque_root == thread_server.root
         ms = bq.service("table").load_array(  # type: ignore[union-attr]
             samples.SEED_UNIQ, samples.SEED_PATH, [0])
         assert ms.shape == (1, 5, 5, 1)
@@ -209,11 +203,11 @@ def test_init_mex(server: TableServer) -> None:
     assert "WRONG-TOKEN" not in str(info.value)
 
 
-def test_init_anonymous_and_with_credentials(server: TableServer) -> None:
-    bq = BQSession().init(server.root, credentials=(USER, PASSWORD))
+def test_init_anonymous_and_with_credentials(thread_server: TableServer) -> None:
+    bq = BQSession().init(thread_server.root, credentials=(USER, PASSWORD))
     assert bq is not None
     bq.close()
-    anonymous = BQSession().init(server.root)
+    anonymous = BQSession().init(thread_server.root)
     assert anonymous is not None
     with pytest.raises(aiobisque.AuthenticationError):
         anonymous.service("table").load_array(  # type: ignore[union-attr]
@@ -221,8 +215,8 @@ def test_init_anonymous_and_with_credentials(server: TableServer) -> None:
     anonymous.close()
 
 
-def test_closed_or_uninitialised_session(server: TableServer) -> None:
-    bq = BQSession().init_local(USER, PASSWORD, bisque_root=server.root)
+def test_closed_or_uninitialised_session(thread_server: TableServer) -> None:
+    bq = BQSession().init_local(USER, PASSWORD, bisque_root=thread_server.root)
     assert bq is not None
     table = bq.service("table")
     assert table is not None
@@ -241,11 +235,11 @@ def test_bad_options_fail_early() -> None:
         BQSession(no_such_option=1)
 
 
-def test_init_session_picks_the_servers_login_and_refuses_cas(server: TableServer) -> None:
-    bq = BQSession().init_session(USER, PASSWORD, bisque_root=server.root)
+def test_init_session_picks_the_servers_login_and_refuses_cas(thread_server: TableServer) -> None:
+    bq = BQSession().init_session(USER, PASSWORD, bisque_root=thread_server.root)
     assert bq is not None and bq.service("table") is not None
     bq.close()
     from aiobisque.compat import BQApiError
 
     with pytest.raises(BQApiError, match="CAS logins are not supported"):
-        BQSession().init_cas(USER, PASSWORD, bisque_root=server.root)
+        BQSession().init_cas(USER, PASSWORD, bisque_root=thread_server.root)

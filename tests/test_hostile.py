@@ -89,7 +89,7 @@ async def test_absurd_sizes_are_refused_before_allocating() -> None:
         h.info = info_json((4, 3))
         h.data = body(hdf_image(GOOD))
         np.testing.assert_array_equal(await load(h, max_bytes=48), GOOD)
-        with pytest.raises(Exception, match="max_bytes"):
+        with pytest.raises(ResponseTooLargeError, match="max_bytes"):
             await load(h, max_bytes=47)
 
 

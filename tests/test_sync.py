@@ -18,31 +18,25 @@ import pytest
 import aiobisque
 from aiobisque import DownloadStats, Progress, Session
 from aiobisque._loop import run_sync, shared_loop
-from aiobisque.server import FaultPlan, TableServer, samples, serve_in_thread
+from aiobisque.server import FaultPlan, TableServer, samples
 
 USER = ("alice", "wonderland")
 SLOW = ("slow", "volume")
 SLOW_SHAPE = (64, 64, 64)  # 1 MiB of float32: 64 requests of 16 KiB
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("sync")
+def SAMPLES(folder: Path) -> None:
     samples.write_seed(folder)
     samples.write_array(folder, "vol", "volume", (40, 30, 20), dtype="float32", seed=1)
     samples.write_array(folder, *SLOW, SLOW_SHAPE, dtype="float32", seed=2)
-    return folder
 
 
-@pytest.fixture(scope="module")
-def server(folder: Path) -> Iterator[TableServer]:
-    with serve_in_thread(folder, users={"alice": "wonderland"}) as srv:
-        yield srv
+SERVER_OPTIONS = {"users": {"alice": "wonderland"}}
 
 
 @pytest.fixture
-def session(server: TableServer) -> Iterator[Session]:
-    with Session(server.root, USER, retry=aiobisque.RetryPolicy(backoff_initial=0.01,
+def session(thread_server: TableServer) -> Iterator[Session]:
+    with Session(thread_server.root, USER, retry=aiobisque.RetryPolicy(backoff_initial=0.01,
                                                                 backoff_max=0.05)) as bq:
         yield bq
 
@@ -55,12 +49,12 @@ async def _other_tasks() -> list[asyncio.Task[Any]]:
     return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
 
 
-def test_load_array_in_one_call(server: TableServer, folder: Path) -> None:
-    ms = aiobisque.load_array(server.root, samples.SEED_UNIQ, samples.SEED_PATH, auth=USER)
+def test_load_array_in_one_call(thread_server: TableServer, folder: Path) -> None:
+    ms = aiobisque.load_array(thread_server.root, samples.SEED_UNIQ, samples.SEED_PATH, auth=USER)
     assert ms.shape == (5, 5, 5, 1)
     np.testing.assert_array_equal(
         ms, samples.expected(folder / f"{samples.SEED_UNIQ}.dream3d", samples.SEED_PATH))
-    part = aiobisque.load_array(server.root, "vol", "volume", [2, slice(5, 9)], auth=USER,
+    part = aiobisque.load_array(thread_server.root, "vol", "volume", [2, slice(5, 9)], auth=USER,
                                 concurrency=2)
     np.testing.assert_array_equal(part, volume(folder)[2:3, 5:9])
 
@@ -95,9 +89,9 @@ def test_session_twins_the_async_api(session: Session, folder: Path) -> None:
     assert seen and seen[-1].done_bytes == seen[-1].total_bytes
 
 
-def test_same_errors(server: TableServer, session: Session) -> None:
+def test_same_errors(thread_server: TableServer, session: Session) -> None:
     with pytest.raises(aiobisque.AuthenticationError, match="rejected"):
-        Session(server.root, ("alice", "not-the-password"))
+        Session(thread_server.root, ("alice", "not-the-password"))
     with pytest.raises(aiobisque.NotFoundError):
         session.load_array("no-such-uniq", "volume")
     with pytest.raises(aiobisque.SelectionError):
@@ -108,8 +102,8 @@ def test_same_errors(server: TableServer, session: Session) -> None:
         aiobisque.load_array("ftp://nowhere", "vol", "volume")
 
 
-def test_close_and_reuse(server: TableServer) -> None:
-    bq = Session(server.root, USER)  # without 'with'
+def test_close_and_reuse(thread_server: TableServer) -> None:
+    bq = Session(thread_server.root, USER)  # without 'with'
     arr = bq.open("vol", "volume")
     bq.close()
     bq.close()  # idempotent
@@ -118,21 +112,21 @@ def test_close_and_reuse(server: TableServer) -> None:
         arr[0]
 
 
-def test_forgotten_session_is_closed_when_collected(server: TableServer) -> None:
-    bq = Session(server.root, USER)
+def test_forgotten_session_is_closed_when_collected(thread_server: TableServer) -> None:
+    bq = Session(thread_server.root, USER)
     inner = bq._aio
     del bq
     gc.collect()
     assert repr(inner).endswith("closed>")
 
 
-async def test_inside_a_running_event_loop(server: TableServer, folder: Path) -> None:
+async def test_inside_a_running_event_loop(thread_server: TableServer, folder: Path) -> None:
     # as in Jupyter: plain calls from a coroutine, no nest_asyncio
     running = asyncio.get_running_loop()
     assert running is not shared_loop.loop
-    with Session(server.root, USER) as bq:
+    with Session(thread_server.root, USER) as bq:
         np.testing.assert_array_equal(bq.open("vol", "volume")[5], volume(folder)[5])
-    ms = aiobisque.load_array(server.root, samples.SEED_UNIQ, samples.SEED_PATH, auth=USER)
+    ms = aiobisque.load_array(thread_server.root, samples.SEED_UNIQ, samples.SEED_PATH, auth=USER)
     assert ms.shape == (5, 5, 5, 1)
 
 
@@ -177,17 +171,17 @@ def default_sigint() -> Iterator[None]:
 
 
 def test_ctrl_c_cancels_the_download_cleanly(
-    server: TableServer, session: Session, folder: Path, default_sigint: None
+    thread_server: TableServer, session: Session, folder: Path, default_sigint: None
 ) -> None:
     main = threading.main_thread()
     assert threading.current_thread() is main
-    server.faults = FaultPlan(latency=0.2)
-    server.stats.reset()
+    thread_server.faults = FaultPlan(latency=0.2)
+    thread_server.stats.reset()
     requests_planned = int(np.prod(SLOW_SHAPE)) * 4 // 16384
 
     def press_ctrl_c() -> None:
         deadline = time.monotonic() + 10
-        while server.stats.requests["data"] < 3 and time.monotonic() < deadline:
+        while thread_server.stats.requests["data"] < 3 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert main.ident is not None
         signal.pthread_kill(main.ident, signal.SIGINT)
@@ -204,14 +198,14 @@ def test_ctrl_c_cancels_the_download_cleanly(
         # nothing left on the private loop, nothing in flight on the server
         assert run_sync(_other_tasks()) == []
         deadline = time.monotonic() + 10
-        while server.stats.in_flight and time.monotonic() < deadline:
+        while thread_server.stats.in_flight and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert server.stats.in_flight == 0
-        served = server.stats.requests["data"]
+        assert thread_server.stats.in_flight == 0
+        served = thread_server.stats.requests["data"]
         assert 3 <= served < requests_planned  # stopped part way
         time.sleep(0.5)  # longer than one request's latency
-        assert server.stats.requests["data"] == served  # and no request came later
+        assert thread_server.stats.requests["data"] == served  # and no request came later
     finally:
-        server.faults = FaultPlan()
+        thread_server.faults = FaultPlan()
     # the session is still usable
     np.testing.assert_array_equal(session.open("vol", "volume")[0], volume(folder)[0])
