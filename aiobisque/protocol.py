@@ -1,7 +1,8 @@
 """The BisQue wire protocol, client side: names, URLs and the documents the server sends.
 
-Pure functions only (no I/O), so every rule of ``shared/bisque-protocol.md`` that the client
-relies on is tested here directly:
+Pure functions only (no I/O), so every rule of BisQue's protocol (services list, login
+check, resource names, the table service's URL and range grammar, info documents) that
+the client relies on is tested here directly:
 
 * :func:`parse_uniq` accepts a bare uniq, a ``data_service`` URL or a viewer URL;
 * :func:`table_url` quotes each HDF path component on its own (and wraps range-like ones in

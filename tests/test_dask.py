@@ -170,6 +170,16 @@ def test_groups_and_missing_paths_fail_at_build_time(srv: TableServer) -> None:
 # --- the threaded scheduler (no cluster) ------------------------------------------------
 
 
+def test_readme_store_to_zarr(srv: TableServer, tmp_path: Path) -> None:
+    import zarr  # the dask (and test) extra installs it
+    want = expected(srv_folder(srv), "vol", "volume")
+    x = from_bisque(srv.root, "vol", "volume", auth=USER, chunks="10 KiB", **OPTIONS)
+    with dask.config.set(scheduler="threads"):
+        x.to_zarr(str(tmp_path / "volume.zarr"))
+    stored = zarr.open(str(tmp_path / "volume.zarr"), mode="r")
+    assert np.array_equal(stored[...], want)
+
+
 def test_threaded_full_array_slices_and_reductions(srv: TableServer) -> None:
     want = expected(srv_folder(srv), "vol", "volume")
     x = from_bisque(srv.root, "vol", "volume", auth=USER, chunks="10 KiB", **OPTIONS)
