@@ -17,12 +17,15 @@ from aiobisque.errors import (
     SelectionError,
     ServerError,
     TransportError,
+    UploadError,
+    UploadUncertainError,
     UsageError,
 )
 from aiobisque.protocol import ArrayInfo
 from aiobisque.session import BisqueSession, MexToken
 from aiobisque.sync import Session, SyncRemoteArray, SyncTableService, load_array
 from aiobisque.table import RemoteArray, TableService
+from aiobisque.upload import UploadResult
 
 __version__ = "0.1.0"
 
@@ -53,6 +56,9 @@ __all__ = [
     "SyncTableService",
     "TableService",
     "TransportError",
+    "UploadError",
+    "UploadResult",
+    "UploadUncertainError",
     "UsageError",
     "__version__",
     "load_array",

@@ -16,8 +16,10 @@ plain ``except`` clause would use, so callers who do not know aiobisque still ca
     ├── TransportError (ConnectionError)         connection failures that retries did not cure
     │   └── DownloadTimeoutError (TimeoutError)
     ├── InsecureTransportError                   credentials over plain http to another host
-    └── DownloadError                            one request failed for good; the download stopped
-        └── IncompleteDownloadError              ... after writing part of a caller's ``out=``
+    ├── DownloadError                            one request failed for good; the download stopped
+    │   └── IncompleteDownloadError              ... after writing part of a caller's ``out=``
+    └── UploadError                              an upload failed and stored nothing
+        └── UploadUncertainError                 ... or may have stored it: check before retrying
 
 Messages name the resource, path and range involved. They never contain credentials: URLs
 are always rendered without userinfo and no header is ever included.
@@ -42,6 +44,8 @@ __all__ = [
     "SelectionError",
     "ServerError",
     "TransportError",
+    "UploadError",
+    "UploadUncertainError",
     "UsageError",
 ]
 
@@ -174,3 +178,42 @@ class IncompleteDownloadError(DownloadError):
         super().__init__(message)
         self.done_bytes = done_bytes
         self.total_bytes = total_bytes
+
+
+class UploadError(BisqueError):
+    """An upload failed, and the server did not store the file.
+
+    ``name`` is the file name the upload gave the resource (``NAME.h5``), ``upload_id`` the
+    value of the ``upload_id`` tag it carried (see :meth:`~aiobisque.TableService.store_array`),
+    ``attempts`` how many times it was sent. ``stored`` is ``False``: nothing was created.
+    """
+
+    #: Whether the server may hold the file: ``False`` here, ``None`` (unknown) in
+    #: :class:`UploadUncertainError`.
+    stored: bool | None = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str | None = None,
+        status: int | None = None,
+        name: str | None = None,
+        upload_id: str | None = None,
+        attempts: int = 0,
+    ):
+        super().__init__(message, url=url, status=status)
+        self.name = name
+        self.upload_id = upload_id
+        self.attempts = attempts
+
+
+class UploadUncertainError(UploadError):
+    """An upload failed after the server may have received the whole file.
+
+    The resource may or may not exist: uploads are not idempotent, so aiobisque does not
+    send it again. Before uploading again, look for a resource named :attr:`name` tagged
+    ``upload_id`` = :attr:`upload_id` (the message says how).
+    """
+
+    stored: bool | None = None

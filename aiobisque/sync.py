@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -42,6 +42,7 @@ from aiobisque.download import DownloadStats, ProgressCallback
 from aiobisque.protocol import ArrayInfo
 from aiobisque.session import Auth, BisqueSession
 from aiobisque.table import RemoteArray, TableService
+from aiobisque.upload import UploadResult
 
 __all__ = ["Session", "SyncRemoteArray", "SyncTableService", "load_array"]
 
@@ -149,6 +150,18 @@ class SyncTableService:
         return run_sync(self._aio.load_array(uniq, path, slices, out=out, progress=progress,
                                              stats=stats, **options))
 
+    def store_array(self, array: Any, name: str, *, tags: Mapping[str, Any] | None = None,
+                    progress: ProgressCallback | None = None, **options: Any) -> UploadResult:
+        """Runs :meth:`TableService.store_array <aiobisque.TableService.store_array>`."""
+        return run_sync(self._aio.store_array(array, name, tags=tags, progress=progress,
+                                              **options))
+
+    def store_table(self, table: Any, name: str, *, tags: Mapping[str, Any] | None = None,
+                    progress: ProgressCallback | None = None, **options: Any) -> UploadResult:
+        """Runs :meth:`TableService.store_table <aiobisque.TableService.store_table>`."""
+        return run_sync(self._aio.store_table(table, name, tags=tags, progress=progress,
+                                              **options))
+
 
 class Session:
     """Synchronous twin of :class:`~aiobisque.BisqueSession`, connected on creation.
@@ -248,6 +261,16 @@ class Session:
         """``session.table.load_array(...)``: runs :meth:`TableService.load_array`."""
         return self.table.load_array(uniq, path, slices, out=out, progress=progress,
                                      stats=stats, **options)
+
+    def store_array(self, array: Any, name: str, *, tags: Mapping[str, Any] | None = None,
+                    progress: ProgressCallback | None = None, **options: Any) -> UploadResult:
+        """``session.table.store_array(...)``: runs :meth:`TableService.store_array`."""
+        return self.table.store_array(array, name, tags=tags, progress=progress, **options)
+
+    def store_table(self, table: Any, name: str, *, tags: Mapping[str, Any] | None = None,
+                    progress: ProgressCallback | None = None, **options: Any) -> UploadResult:
+        """``session.table.store_table(...)``: runs :meth:`TableService.store_table`."""
+        return self.table.store_table(table, name, tags=tags, progress=progress, **options)
 
 
 def load_array(
