@@ -186,8 +186,10 @@ class ImportService:
                 fields = await self._receive(request, parts)
             except _Refuse as refusal:
                 return refusal.response
-            except (ValueError, AssertionError, RuntimeError, UnicodeDecodeError) as exc:
-                log.info("upload: malformed multipart body: %s", exc)
+            except (asyncio.CancelledError, ConnectionError):
+                raise  # the client went away: nobody to answer
+            except Exception as exc:  # as BisQue's transfer: any failure is a 500
+                log.info("upload: cannot read the body: %s: %s", type(exc).__name__, exc)
                 return _text(500, "Internal error during upload")
             return await self._ingest(request, user, parts, fields)
         finally:
