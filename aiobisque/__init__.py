@@ -1,19 +1,38 @@
-"""aiobisque: fast, dependable asyncio downloads of N-D arrays from BisQue's table service."""
+"""aiobisque: fast, dependable downloads of N-D arrays from BisQue's table service.
 
-from aiobisque.config import Config, RetryPolicy
-from aiobisque.download import DownloadStats, Progress
+An array (or any numpy-style selection of it) on a BisQue server is split into range
+requests, fetched concurrently under one shared limit with retries, checked, and assembled
+into a preallocated numpy array (or a file). Three ways in:
+
+* async: ``async with BisqueSession(root, auth=(user, pw)) as bq:
+  await bq.table.load_array(uniq, path)`` (:class:`BisqueSession`, :class:`TableService`,
+  :class:`RemoteArray`);
+* sync, for scripts and notebooks: :class:`Session` and :func:`load_array`, the same API
+  run on a private event loop; :mod:`aiobisque.compat` for scripts written for ``bqapi``;
+* the ``aiobisque`` command (``aiobisque --help``): ``info``, resumable out-of-core
+  ``download`` to ``.npy``/``.h5``, and ``serve``/``demo`` with the embedded server.
+
+Also: :mod:`aiobisque.dask` (dask arrays read by the workers), :mod:`aiobisque.server` (a
+BisQue-compatible server for tests). Errors form one tree under :class:`BisqueError`
+(:mod:`aiobisque.errors`). The README and the documentation say more.
+"""
+
+from aiobisque.config import Config
 from aiobisque.errors import (
     AuthenticationError,
     BadRequestError,
     BisqueError,
+    BodyIncompleteError,
     DownloadError,
     DownloadTimeoutError,
     IncompleteDownloadError,
     InsecureTransportError,
     NotFoundError,
+    OutputExistsError,
     PermissionDeniedError,
     ProtocolError,
     ResponseTooLargeError,
+    ResumeError,
     SelectionError,
     ServerError,
     TransportError,
@@ -21,7 +40,9 @@ from aiobisque.errors import (
     UploadUncertainError,
     UsageError,
 )
+from aiobisque.progress import DownloadStats, Progress
 from aiobisque.protocol import ArrayInfo
+from aiobisque.retry import RetryPolicy
 from aiobisque.session import BisqueSession, MexToken
 from aiobisque.sync import Session, SyncRemoteArray, SyncTableService, load_array
 from aiobisque.table import RemoteArray, TableService
@@ -35,6 +56,7 @@ __all__ = [
     "BadRequestError",
     "BisqueError",
     "BisqueSession",
+    "BodyIncompleteError",
     "Config",
     "DownloadError",
     "DownloadStats",
@@ -43,11 +65,13 @@ __all__ = [
     "InsecureTransportError",
     "MexToken",
     "NotFoundError",
+    "OutputExistsError",
     "PermissionDeniedError",
     "Progress",
     "ProtocolError",
     "RemoteArray",
     "ResponseTooLargeError",
+    "ResumeError",
     "RetryPolicy",
     "SelectionError",
     "ServerError",

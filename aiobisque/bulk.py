@@ -2,12 +2,13 @@
 
 A selection of a remote array is written to ``FILE`` through ``FILE.part``:
 
-1. the result is cut into C-contiguous blocks (:class:`~aiobisque.outputs.BlockGrid`) of
+1. the result is cut into C-contiguous blocks (:class:`~aiobisque.blocks.BlockGrid`) of
    a few times the request size, so memory stays bounded whatever the array's size;
-2. each block is downloaded with :meth:`RemoteArray.read(block, out=...)
-   <aiobisque.RemoteArray.read>` straight into the output's buffer (a memory map of the
-   ``.npy`` file, or a block-sized array for HDF5), made durable, and recorded in the
-   journal (:mod:`aiobisque.journal`);
+2. each block is the selection narrowed to it (:meth:`Selection.narrow
+   <aiobisque.selection.Selection.narrow>`), downloaded by :meth:`RemoteArray.fill
+   <aiobisque.RemoteArray.fill>` (the read path every caller uses) straight into the
+   output's buffer (a memory map of the ``.npy`` file, or a block-sized array for HDF5),
+   made durable, and recorded in the journal (:mod:`aiobisque.journal`);
 3. when every block is in, the file's shape and dtype are checked and it is renamed to
    ``FILE`` atomically.
 
@@ -17,8 +18,9 @@ uniq, path, selection, format) and that the remote array still has the recorded 
 dtype. A finished output is skipped only when it provably holds the same download (see
 :func:`~aiobisque.outputs.existing_output_mismatch`). Arguments are checked before any file
 is created, and a download that fails for good before saving a block leaves nothing behind
-(see :func:`is_permanent`). :class:`BulkDownloader` runs one or many downloads on one session: they share
-the session's request limit and byte budget, plus a budget of block buffers.
+(see :func:`aiobisque.retry.is_permanent`). :class:`BulkDownloader` runs one or many
+downloads on one session: they share the session's request limit and byte budget, plus a
+budget of block buffers.
 
 >>> async with BisqueSession(root, auth=auth) as bq:                       # doctest: +SKIP
 ...     result = await BulkDownloader(bq.table).download(Target(uniq, path, "vol.npy"))
@@ -40,24 +42,20 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from aiobisque.blocks import BlockGrid
 from aiobisque.config import Config
-from aiobisque.download import DownloadStats, Progress, run_all
+from aiobisque.download import run_all
 from aiobisque.errors import (
-    AuthenticationError,
-    BadRequestError,
     BisqueError,
     IncompleteDownloadError,
-    NotFoundError,
-    PermissionDeniedError,
-    ProtocolError,
-    SelectionError,
+    OutputExistsError,
+    ResumeError,
     UsageError,
 )
 from aiobisque.fetch import ByteBudget
 from aiobisque.journal import Journal, JournalError
 from aiobisque.outputs import (
     CHUNK_BYTES,
-    BlockGrid,
     Hdf5Output,
     NpyOutput,
     Output,
@@ -67,8 +65,10 @@ from aiobisque.outputs import (
     output_format,
     write_source_record,
 )
-from aiobisque.plan import make_plan
+from aiobisque.plan import Plan, make_plan
+from aiobisque.progress import DownloadStats, Meter
 from aiobisque.protocol import parse_uniq, redact_url, split_path
+from aiobisque.retry import is_permanent
 from aiobisque.selection import Selection, normalize_selection
 from aiobisque.slices import format_slices, parse_slices
 from aiobisque.table import RemoteArray, TableService
@@ -77,14 +77,11 @@ __all__ = [
     "MIN_BLOCK_BYTES",
     "BulkDownloader",
     "FileResult",
-    "Meter",
     "OutputExistsError",
     "ResumeError",
     "Target",
-    "block_index",
     "default_block_bytes",
     "default_blocks_in_flight",
-    "is_permanent",
 ]
 
 log = logging.getLogger("aiobisque")
@@ -96,41 +93,6 @@ MIN_BLOCK_BYTES = 1024 * 1024
 
 #: Errors that fail one file of a bulk run without stopping the others.
 FILE_ERRORS: tuple[type[BaseException], ...] = (BisqueError, OSError)
-#: Errors that running the same download again cannot cure: the request itself is refused.
-PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
-    AuthenticationError, PermissionDeniedError, NotFoundError, BadRequestError, ProtocolError,
-    UsageError, SelectionError,
-)
-
-
-class ResumeError(BisqueError):
-    """A ``.part`` file cannot be continued: the remote array or the request changed."""
-
-
-class OutputExistsError(BisqueError, FileExistsError):
-    """The output file exists and holds something other than this download."""
-
-
-def is_permanent(exc: BaseException, transient_statuses: frozenset[int]) -> bool:
-    """Whether rerunning the same download cannot get past ``exc``.
-
-    True for the :data:`PERMANENT_ERRORS` and for any 4xx status not in
-    ``transient_statuses`` (408/429 are worth another try), on ``exc`` or its causes: a
-    request that failed for good carries the server's answer as its ``__cause__``.
-    """
-    seen: BaseException | None = exc
-    for _ in range(8):  # a cause chain is short; bounded all the same
-        if seen is None:
-            return False
-        if isinstance(seen, PERMANENT_ERRORS):
-            return True
-        status = seen.status if isinstance(seen, BisqueError) else None
-        if status is not None and 400 <= status < 500 and status not in transient_statuses:
-            return True
-        seen = seen.__cause__
-    return False
-
-
 def _pipeline_bytes(config: Config) -> int:
     """Payload bytes the session can have in flight."""
     return min(config.concurrency * config.request_bytes, config.inflight_bytes)
@@ -148,33 +110,6 @@ def default_block_bytes(config: Config) -> int:
 def default_blocks_in_flight(config: Config, block_bytes: int) -> int:
     """Blocks fetched at once: enough to keep every allowed request busy (at least two)."""
     return max(2, -(-_pipeline_bytes(config) // block_bytes))
-
-
-def block_index(sel: Selection, region: Sequence[slice]) -> tuple[Any, ...]:
-    """A numpy index of the *source* array selecting ``result[region]`` of ``sel``.
-
-    ``region`` has one slice per result axis (a :meth:`BlockGrid.region`); integer indices
-    of ``sel`` stay integers and new axes stay ``None``, so reading the returned index gives
-    an array of exactly the region's shape.
-    """
-    index: list[Any] = []
-    axis = 0  # result axis
-    for src in sel.layout:
-        if src is None:
-            index.append(None)
-            axis += 1
-            continue
-        d = sel.dims[src]
-        if d.drop:
-            index.append(d.first)
-            continue
-        lo, hi, _ = region[axis].indices(d.count)
-        start = d.first + lo * d.step
-        stop = d.first + hi * d.step
-        # a negative stop would wrap around: None means "past index 0" for a negative step
-        index.append(slice(start, stop if stop >= 0 else None, d.step))
-        axis += 1
-    return tuple(index)
 
 
 @dataclass(frozen=True)
@@ -253,71 +188,6 @@ def _size(n: int) -> str:
     return f"{n} B"  # pragma: no cover
 
 
-class Meter:
-    """Progress of every file of a run together (bytes, requests, retries).
-
-    Blocks in flight report partial progress; a failed block's partial progress is
-    dropped. ``on_change(meter)`` is called after every update (displays throttle it).
-    """
-
-    def __init__(self, on_change: Callable[[Meter], Any] | None = None):
-        self.on_change = on_change
-        self.total_bytes = 0
-        self.total_requests = 0
-        self.files = 0
-        self.files_done = 0
-        self.started = time.monotonic()
-        self._done_bytes = 0
-        self._done_requests = 0
-        self._retries = 0
-        self._partial: dict[Any, Progress] = {}
-
-    def add(self, total_bytes: int, total_requests: int, done_bytes: int = 0,
-            done_requests: int = 0) -> None:
-        """A file joins the run (resumed blocks count as done)."""
-        self.files += 1
-        self.total_bytes += total_bytes
-        self.total_requests += total_requests
-        self._done_bytes += done_bytes
-        self._done_requests += done_requests
-        self._changed()
-
-    def partial(self, key: Any, progress: Progress) -> None:
-        self._partial[key] = progress
-        self._changed()
-
-    def block_done(self, key: Any, nbytes: int, requests: int, retries: int) -> None:
-        self._partial.pop(key, None)
-        self._done_bytes += nbytes
-        self._done_requests += requests
-        self._retries += retries
-        self._changed()
-
-    def block_dropped(self, key: Any) -> None:
-        p = self._partial.pop(key, None)
-        if p is not None:
-            self._retries += p.retries
-            self._changed()
-
-    def file_done(self) -> None:
-        self.files_done += 1
-        self._changed()
-
-    def snapshot(self) -> Progress:
-        parts = self._partial.values()
-        return Progress(
-            done_bytes=self._done_bytes + sum(p.done_bytes for p in parts),
-            total_bytes=self.total_bytes,
-            done_requests=self._done_requests + sum(p.done_requests for p in parts),
-            total_requests=self.total_requests,
-            retries=self._retries + sum(p.retries for p in parts),
-        )
-
-    def _changed(self) -> None:
-        if self.on_change is not None:
-            self.on_change(self)
-
-
 async def _in_thread(fn: Callable[[], T]) -> T:
     """Run blocking file work in a thread; never return while that thread still runs.
 
@@ -394,7 +264,7 @@ class BulkDownloader:
         :class:`ResumeError` when the ``.part`` file belongs to another request or its
         remote array changed, :class:`OutputExistsError` when the output exists and is not
         provably this download, and the usual :class:`~aiobisque.BisqueError` subclasses.
-        After a failure a rerun could get past (see :func:`is_permanent`) the ``.part`` file
+        After a failure a rerun could get past (see :func:`aiobisque.retry.is_permanent`) the ``.part`` file
         and journal stay for the next run; after a permanent one before any block was saved
         both are deleted.
         """
@@ -449,7 +319,7 @@ class BulkDownloader:
         assert state.journal is not None
         part = _sibling(out, ".part")
         done, total = len(state.journal.done), len(state.grid)
-        if not is_permanent(exc, self.table.session.config.retry.statuses):
+        if not is_permanent(exc, self.table.session.config.retry):
             exc.add_note(f"{done} of {total} blocks are saved in {part}; "
                          "rerun the same command to resume")
         elif done:
@@ -650,26 +520,25 @@ class BulkDownloader:
         assert journal is not None and output is not None
         config = self.table.session.config
         itemsize = arr.dtype.itemsize
-        plans = {}
+        plans: dict[int, tuple[Selection, Plan]] = {}
         done_bytes = done_requests = 0
         for block in range(len(grid)):
-            index = block_index(state.sel, grid.region(block))
-            plan = make_plan(normalize_selection(index, arr.shape), itemsize,
-                             config.request_bytes)
+            sub = state.sel.narrow(grid.region(block))
+            plan = make_plan(sub, itemsize, config.request_bytes)
             if block in journal.done:
                 done_bytes += plan.nbytes
                 done_requests += len(plan)
             else:
-                plans[block] = (index, plan.nbytes, len(plan))
-        self.meter.add(done_bytes + sum(p[1] for p in plans.values()),
-                       done_requests + sum(p[2] for p in plans.values()),
+                plans[block] = (sub, plan)
+        self.meter.add(done_bytes + sum(p.nbytes for _, p in plans.values()),
+                       done_requests + sum(len(p) for _, p in plans.values()),
                        done_bytes, done_requests)
         stats.out_bytes = math.prod(grid.shape) * itemsize
         pending = iter(sorted(plans))
         commits = asyncio.Lock()  # HDF5 writes to one file are serialised anyway
 
         async def fetch(block: int) -> None:
-            index, nbytes, _ = plans[block]
+            sub, plan = plans[block]
             out_bytes = math.prod(grid.block_shape(block)) * itemsize
             key = (id(state), block)
             held = await self._buffers.acquire(out_bytes)
@@ -677,14 +546,11 @@ class BulkDownloader:
                 buf = output.buffer(grid, block)
                 block_stats = DownloadStats()
                 try:
-                    await arr.read(index, out=buf,
+                    # the block's buffer is ours: a failed block is simply fetched again
+                    # next time, so the request's own error is what the caller hears
+                    await arr.fill(sub, buf, config=config, plan=plan,
                                    progress=lambda p: self.meter.partial(key, p),
                                    stats=block_stats)
-                except IncompleteDownloadError as exc:
-                    # the block's buffer is ours and is simply refetched next time: report
-                    # the request that failed, not the out= wording meant for API callers
-                    cause = exc.__cause__
-                    raise cause if isinstance(cause, BisqueError) else exc from None
                 finally:
                     _merge(stats, block_stats)
 
@@ -694,7 +560,8 @@ class BulkDownloader:
 
                 async with commits:
                     await _in_thread(commit)
-                self.meter.block_done(key, nbytes, block_stats.requests, block_stats.retries)
+                self.meter.block_done(key, plan.nbytes, block_stats.requests,
+                                      block_stats.retries)
             finally:
                 self.meter.block_dropped(key)
                 await self._buffers.release(held)
@@ -773,9 +640,3 @@ def _merge(total: DownloadStats, part: DownloadStats) -> None:
     total.bytes += part.bytes
     total.peak_in_flight = max(total.peak_in_flight, part.peak_in_flight)
     total.errors.extend(part.errors[-10:])
-
-
-#: Errors a command line reports as an authentication failure.
-AUTH_ERRORS = (AuthenticationError, PermissionDeniedError)
-#: Errors a command line reports as bad arguments.
-ARGUMENT_ERRORS = (UsageError, SelectionError)

@@ -30,17 +30,22 @@ from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
 
 from aiobisque.bulk import (
-    ARGUMENT_ERRORS,
-    AUTH_ERRORS,
     BulkDownloader,
     FileResult,
-    Meter,
     Target,
     default_block_bytes,
 )
 from aiobisque.config import Config, MiB
-from aiobisque.errors import BisqueError, InsecureTransportError
+from aiobisque.errors import (
+    AuthenticationError,
+    BisqueError,
+    InsecureTransportError,
+    PermissionDeniedError,
+    SelectionError,
+    UsageError,
+)
 from aiobisque.outputs import output_format
+from aiobisque.progress import Meter
 from aiobisque.protocol import ArrayInfo, redact_url, split_path
 from aiobisque.session import Auth, BisqueSession, MexToken
 
@@ -64,6 +69,11 @@ EXIT_FAILED = 1  # a download (or info) failed
 EXIT_USAGE = 2  # bad arguments (argparse uses 2 too)
 EXIT_AUTH = 3  # credentials missing or rejected, or access denied
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+
+#: Errors reported as an authentication failure (EXIT_AUTH).
+AUTH_ERRORS = (AuthenticationError, PermissionDeniedError)
+#: Errors reported as bad arguments (EXIT_USAGE).
+ARGUMENT_ERRORS = (UsageError, SelectionError)
 
 PASSWORD_ENV = "BISQUE_PASSWORD"
 ROOT_ENV = "BISQUE_ROOT"

@@ -171,10 +171,10 @@ class TableProxy:
         ``.get("resource_uniq")``, ``.get("uri")`` and ``.tag`` work alike). Unlike it:
         the upload is streamed, retried only when the server provably did not take it,
         tagged with an ``upload_id``, and bad input fails before anything is sent. Runs
-        :meth:`aiobisque.Session.store_array`; ``options`` are Config fields.
+        :meth:`aiobisque.TableService.store_array`; ``options`` are Config fields.
         """
         with _bqapi_errors():
-            return self.session._connected().store_array(array, name, **options).element
+            return self.session._connected().table.store_array(array, name, **options).element
 
 
 class BQSession:

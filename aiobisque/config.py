@@ -15,57 +15,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiobisque.errors import UsageError
+from aiobisque.errors import UsageError, require
+from aiobisque.retry import RetryPolicy
 
-__all__ = ["MiB", "Config", "RetryPolicy"]
+__all__ = ["MiB", "Config", "RetryPolicy"]  # RetryPolicy lives in aiobisque.retry
 
 MiB = 1024 * 1024
-
-#: HTTP statuses worth retrying: timeouts, throttling and server-side failures.
-TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-
-
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise UsageError(message)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How each request is retried; turned into a tenacity policy per request.
-
-    A request is tried at most ``max_attempts`` times and not after ``max_delay`` seconds
-    since its first attempt. Waits grow exponentially from ``backoff_initial`` to
-    ``backoff_max`` with full jitter; a ``Retry-After`` header is honoured up to
-    ``retry_after_max`` seconds (a longer one fails the request at once rather than sleeping
-    for hours). ``budget`` bounds the retries of one whole download: at most
-    ``max(budget_min, budget * requests)``, so a server that fails everything is not hammered.
-    """
-
-    max_attempts: int = 10
-    max_delay: float = 120.0
-    backoff_initial: float = 0.2
-    backoff_max: float = 10.0
-    retry_after_max: float = 60.0
-    budget: float = 0.5
-    budget_min: int = 20
-    statuses: frozenset[int] = TRANSIENT_STATUSES
-
-    def __post_init__(self) -> None:
-        never = sorted(set(self.statuses) & {400, 401, 403, 404, 501})
-        _check(not never, f"statuses {never} are never retried (the request itself is wrong)")
-        _check(self.max_attempts >= 1, f"max_attempts must be >= 1, got {self.max_attempts}")
-        _check(self.max_delay > 0, f"max_delay must be > 0, got {self.max_delay}")
-        _check(
-            0 <= self.backoff_initial <= self.backoff_max,
-            "need 0 <= backoff_initial <= backoff_max",
-        )
-        _check(self.retry_after_max >= 0, "retry_after_max must be >= 0")
-        _check(self.budget >= 0 and self.budget_min >= 0, "retry budget must be >= 0")
-        object.__setattr__(self, "statuses", frozenset(self.statuses))
-
-    def download_budget(self, n_requests: int) -> int:
-        return max(self.budget_min, int(self.budget * n_requests))
 
 
 #: options that shape a session (its limiter, its trust), not a single call
@@ -106,22 +61,22 @@ class Config:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
-        _check(self.concurrency >= 1, f"concurrency must be >= 1, got {self.concurrency}")
-        _check(
+        require(self.concurrency >= 1, f"concurrency must be >= 1, got {self.concurrency}")
+        require(
             1 <= self.min_concurrency <= self.concurrency or self.concurrency < 2,
             "min_concurrency must be between 1 and concurrency",
         )
-        _check(self.request_bytes >= 1, f"request_bytes must be >= 1, got {self.request_bytes}")
-        _check(self.inflight_bytes >= 1, "inflight_bytes must be >= 1")
-        _check(self.max_bytes >= 0, "max_bytes must be >= 0")
-        _check(self.connect_timeout > 0, "connect_timeout must be > 0")
-        _check(self.read_timeout > 0, "read_timeout must be > 0")
-        _check(self.max_redirects >= 0, "max_redirects must be >= 0")
-        _check(isinstance(self.retry, RetryPolicy), "retry must be a RetryPolicy")
+        require(self.request_bytes >= 1, f"request_bytes must be >= 1, got {self.request_bytes}")
+        require(self.inflight_bytes >= 1, "inflight_bytes must be >= 1")
+        require(self.max_bytes >= 0, "max_bytes must be >= 0")
+        require(self.connect_timeout > 0, "connect_timeout must be > 0")
+        require(self.read_timeout > 0, "read_timeout must be > 0")
+        require(self.max_redirects >= 0, "max_redirects must be >= 0")
+        require(isinstance(self.retry, RetryPolicy), "retry must be a RetryPolicy")
         origins = (self.trusted_origins,) if isinstance(self.trusted_origins, str) \
             else tuple(self.trusted_origins)
         for o in origins:
-            _check(isinstance(o, str) and o.startswith(("http://", "https://")),
+            require(isinstance(o, str) and o.startswith(("http://", "https://")),
                    f"trusted_origins must be http(s) URLs, got {o!r}")
         object.__setattr__(self, "trusted_origins", origins)
 

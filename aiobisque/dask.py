@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from aiobisque._loop import run_sync
+from aiobisque.blocks import BlockGrid
 from aiobisque.config import Config
 from aiobisque.errors import SelectionError, UsageError
 from aiobisque.protocol import ArrayInfo, not_an_array, redact_url
@@ -320,20 +321,6 @@ class BlockReader:
 # --- building the dask array -------------------------------------------------------------
 
 
-def _row_blocks(shape: tuple[int, ...], itemsize: int, limit: int) -> tuple[Any, ...]:
-    """A chunks spec of whole trailing dimensions, split along the slowest ones.
-
-    Each block is then one contiguous run of the array in C order: a single range request
-    for the server, read sequentially from its file.
-    """
-    inner = itemsize
-    for axis in reversed(range(len(shape))):
-        if inner * shape[axis] > limit:
-            return (1,) * axis + ("auto",) + (-1,) * (len(shape) - axis - 1)
-        inner *= shape[axis]
-    return (-1,) * len(shape)
-
-
 def _block_chunks(chunks: Any, shape: tuple[int, ...], dtype: np.dtype[Any]) -> Any:
     limit: int | None = None
     if isinstance(chunks, str):
@@ -349,7 +336,11 @@ def _block_chunks(chunks: Any, shape: tuple[int, ...], dtype: np.dtype[Any]) -> 
                 f"chunks={chunks!r} is smaller than one element of {dtype} "
                 f"({dtype.itemsize} bytes)"
             )
-        spec: Any = _row_blocks(shape, dtype.itemsize, limit) if all(shape) else -1
+        # the bulk downloader's blocks: each one contiguous range on the server
+        spec: Any = -1
+        if shape and all(shape):
+            grid = BlockGrid.fit(shape, dtype.itemsize, limit)
+            spec = (1,) * grid.axis + (grid.rows,) + (-1,) * (len(shape) - grid.axis - 1)
     else:
         spec = chunks
     try:

@@ -27,7 +27,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from aiobisque.errors import ProtocolError
+from aiobisque.errors import BodyIncompleteError, ProtocolError
 
 __all__ = [
     "HDF5_SIGNATURE",
@@ -37,12 +37,6 @@ __all__ = [
 ]
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
-class BodyIncompleteError(ProtocolError):
-    """The body ends before the data it describes: cut in transit, worth retrying."""
-
-    transient = True
 
 
 class _MemoryFile(io.RawIOBase):

@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from aiobisque.config import MiB
-from aiobisque.download import DownloadStats
+from aiobisque.progress import DownloadStats
 from aiobisque.session import BisqueSession
 
 __all__ = ["add_arguments", "main"]

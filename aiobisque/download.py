@@ -13,7 +13,6 @@ import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,62 +20,15 @@ import numpy as np
 from aiobisque.config import Config
 from aiobisque.decode import StreamDecoder
 from aiobisque.errors import BisqueError, DownloadError
-from aiobisque.fetch import ByteBudget, RetryBudget, Transport, retrying
+from aiobisque.fetch import ByteBudget, Transport
 from aiobisque.plan import Plan, Request
+from aiobisque.progress import DownloadStats, Progress, ProgressCallback
+from aiobisque.retry import RetryBudget, is_permanent, retrying, why_stopped
 
-__all__ = ["DownloadStats", "Progress", "ProgressCallback", "run_all", "run_plan"]
+__all__ = ["run_all", "run_plan"]
 
 #: Room allowed for an HDF5 image's metadata around the payload it carries.
 _HEADER_ALLOWANCE = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Progress:
-    """A snapshot passed to progress callbacks.
-
-    ``done_bytes`` counts payload bytes received; it goes back down when a request that had
-    received part of its body is retried.
-    """
-
-    done_bytes: int
-    total_bytes: int
-    done_requests: int
-    total_requests: int
-    retries: int
-
-    @property
-    def fraction(self) -> float:
-        return self.done_bytes / self.total_bytes if self.total_bytes else 1.0
-
-
-ProgressCallback = Callable[[Progress], Any]
-
-
-@dataclass
-class DownloadStats:
-    """What one download cost. Pass one as ``stats=`` to have it filled in."""
-
-    requests: int = 0  # requests planned
-    attempts: int = 0  # HTTP requests sent, retries included
-    retries: int = 0
-    bytes: int = 0  # bytes received (HDF5 images), including those of retried attempts
-    out_bytes: int = 0  # bytes of the result
-    seconds: float = 0.0
-    peak_in_flight: int = 0
-    complete: bool = False  # every request landed in the output
-    errors: list[str] = field(default_factory=list)  # one line per retried error
-
-    @property
-    def throughput(self) -> float:
-        """Result bytes per second."""
-        return self.out_bytes / self.seconds if self.seconds > 0 else 0.0
-
-    def __str__(self) -> str:
-        return (
-            f"{self.out_bytes / 1e6:.1f} MB in {self.seconds:.2f} s "
-            f"({self.throughput / 1e6:.1f} MB/s), {self.requests} requests, "
-            f"{self.retries} retries"
-        )
 
 
 class _Tracker:
@@ -190,12 +142,13 @@ async def run_plan(
         try:
             await retrying(attempt, config.retry, budget=budget, on_retry=on_retry)
         except BisqueError as exc:
-            if not exc.transient:
-                raise
-            spent = "" if budget.used < budget.total else " (the download's retry budget is spent)"
+            if is_permanent(exc, config.retry):
+                raise  # the request itself is wrong: that error, as it is
+            why = why_stopped(exc, config.retry, budget)
+            why = f" ({why})" if why else ""
             last = exc.message.removeprefix(what).lstrip(": ")  # not the request twice
             raise DownloadError(
-                f"{what} failed after {attempts} attempt(s){spent}; last error: {last}",
+                f"{what} failed after {attempts} attempt(s){why}; last error: {last}",
                 url=exc.url, status=exc.status, request=req.range_text, attempts=attempts,
             ) from exc
         tracker.done_requests += 1

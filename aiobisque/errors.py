@@ -12,14 +12,19 @@ plain ``except`` clause would use, so callers who do not know aiobisque still ca
     ├── BadRequestError (ValueError)             400, the server refused the query
     ├── ServerError                              5xx that retries did not cure
     ├── ProtocolError                            a response that breaks the protocol
-    │   └── ResponseTooLargeError                a size beyond ``max_bytes``
+    │   ├── ResponseTooLargeError                a size beyond ``max_bytes``
+    │   └── BodyIncompleteError                  a body cut short or damaged (retried)
     ├── TransportError (ConnectionError)         connection failures that retries did not cure
     │   └── DownloadTimeoutError (TimeoutError)
     ├── InsecureTransportError                   credentials over plain http to another host
+    ├── ResumeError                              a ``.part`` file of another request or remote
+    ├── OutputExistsError (FileExistsError)      an output file holding something else
     ├── DownloadError                            one request failed for good; the download stopped
     │   └── IncompleteDownloadError              ... after writing part of a caller's ``out=``
     └── UploadError                              an upload failed and stored nothing
         └── UploadUncertainError                 ... or may have stored it: check before retrying
+
+Which of these are worth retrying is decided in one place, :mod:`aiobisque.retry`.
 
 Messages name the resource, path and range involved. They never contain credentials: URLs
 are always rendered without userinfo and no header is ever included.
@@ -33,14 +38,17 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BisqueError",
-        "DownloadError",
+    "BodyIncompleteError",
+    "DownloadError",
     "DownloadTimeoutError",
     "IncompleteDownloadError",
     "InsecureTransportError",
     "NotFoundError",
+    "OutputExistsError",
     "PermissionDeniedError",
     "ProtocolError",
     "ResponseTooLargeError",
+    "ResumeError",
     "SelectionError",
     "ServerError",
     "TransportError",
@@ -57,8 +65,6 @@ class BisqueError(Exception):
     HTTP status when one was received.
     """
 
-    #: Whether retrying the same request may succeed (set per instance by the fetch layer).
-    transient: bool = False
     #: Seconds the server asked to wait (``Retry-After``), when it did.
     retry_after: float | None = None
 
@@ -68,15 +74,12 @@ class BisqueError(Exception):
         *,
         url: str | None = None,
         status: int | None = None,
-        transient: bool | None = None,
         retry_after: float | None = None,
     ):
         super().__init__(message)
         self.message = message
         self.url = url
         self.status = status
-        if transient is not None:
-            self.transient = transient
         if retry_after is not None:
             self.retry_after = retry_after
 
@@ -100,6 +103,12 @@ def _rebuild(cls: type[BisqueError], message: str, state: dict[str, Any]) -> Bis
 
 class UsageError(BisqueError, ValueError):
     """An argument or option has an invalid value (a malformed uniq, a negative concurrency)."""
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise :class:`UsageError` with ``message`` unless ``condition`` holds (option checks)."""
+    if not condition:
+        raise UsageError(message)
 
 
 class SelectionError(BisqueError, IndexError):
@@ -134,6 +143,11 @@ class ResponseTooLargeError(ProtocolError):
     """A declared or received size exceeds the configured ``max_bytes``."""
 
 
+class BodyIncompleteError(ProtocolError):
+    """A body ended before the data it describes, or arrived damaged (MD5): cut in transit,
+    so the same request is worth retrying."""
+
+
 class TransportError(BisqueError, ConnectionError):
     """The connection failed (refused, reset, cut) and retries did not cure it."""
 
@@ -144,6 +158,14 @@ class DownloadTimeoutError(TransportError, TimeoutError):
 
 class InsecureTransportError(BisqueError):
     """Credentials would be sent unencrypted to a non-loopback host."""
+
+
+class ResumeError(BisqueError):
+    """A ``.part`` file cannot be continued: the remote array or the request changed."""
+
+
+class OutputExistsError(BisqueError, FileExistsError):
+    """The output file exists and holds something other than this download."""
 
 
 class DownloadError(BisqueError):

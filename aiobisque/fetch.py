@@ -1,4 +1,4 @@
-"""Fetching: HTTP requests under one shared limiter, a retry policy, and error translation.
+"""Fetching: HTTP requests under one shared limiter, and error translation.
 
 Everything that touches aiohttp lives here, so aiohttp exceptions and HTTP statuses become
 aiobisque errors in exactly one place (:func:`_translate` and :func:`status_error`).
@@ -8,11 +8,9 @@ aiobisque errors in exactly one place (:func:`_translate` and :func:`status_erro
   window of successes (AIMD). A slot is taken *before* the request starts, so time spent
   queueing never counts against a timeout.
 * :class:`ByteBudget` bounds the payload bytes held by requests in flight.
-* :func:`retrying` runs one request under a fresh tenacity retry state built from a
-  :class:`~aiobisque.config.RetryPolicy`. Only errors marked transient are retried (an
-  explicit allowlist: ``CancelledError`` and 4xx never are).
-* :class:`Transport` sends GETs (and upload POSTs, :meth:`Transport.post`): credentials are attached per request and only to trusted
-  origins, redirects are followed by hand (credentials dropped when the origin changes),
+* What is worth retrying, and the retry loop itself, live in :mod:`aiobisque.retry`.
+* :class:`Transport` sends GETs (and upload POSTs, :meth:`Transport.post`): credentials are
+  attached per request and only to trusted origins, redirects are followed by hand (credentials dropped when the origin changes),
   bodies are read into one buffer sized from ``Content-Length`` and capped.
 """
 
@@ -21,28 +19,18 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import random
 import time
 from collections import deque
-from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_any,
-    stop_before_delay,
-)
-from tenacity.stop import stop_base
 from yarl import URL
 
-from aiobisque.config import Config, RetryPolicy
+from aiobisque.config import Config
 from aiobisque.errors import (
     AuthenticationError,
     BadRequestError,
@@ -57,6 +45,7 @@ from aiobisque.errors import (
     UsageError,
 )
 from aiobisque.protocol import redact_url
+from aiobisque.retry import is_congestion
 
 __all__ = [
     "BodySink",
@@ -64,17 +53,13 @@ __all__ = [
     "ByteBudget",
     "Limiter",
     "Response",
-    "RetryBudget",
     "Transport",
-    "retrying",
+    "status_error",
 ]
 
 log = logging.getLogger("aiobisque")
 
-T = TypeVar("T")
-
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_NEVER_RETRIED = frozenset({400, 401, 403, 404, 501})
 
 
 def origin(url: str) -> tuple[str, str, int | None]:
@@ -171,20 +156,6 @@ class ByteBudget:
             self._cond.notify_all()
 
 
-class RetryBudget:
-    """Retries left for one download; when spent, errors are no longer retried."""
-
-    def __init__(self, total: int):
-        self.total = total
-        self.used = 0
-
-    def take(self) -> bool:
-        if self.used >= self.total:
-            return False
-        self.used += 1
-        return True
-
-
 def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
@@ -220,12 +191,10 @@ def status_error(status: int, url: str, what: str, detail: str = "", retry_after
     if status == 501:
         return ServerError(f"{what}: the server cannot read this file as a table (HTTP 501)"
                            f"{tail}", url=safe, status=status)
-    # candidates for a retry; the retry policy's statuses decide (see _should_retry)
-    transient = status in (408, 429) or status >= 500
+    # whether it is worth another try is for aiobisque.retry to say
     err: BisqueError
     if status >= 500 or status in (408, 429):
-        err = ServerError(f"{what} failed with HTTP {status}{tail}", url=safe, status=status,
-                          transient=transient)
+        err = ServerError(f"{what} failed with HTTP {status}{tail}", url=safe, status=status)
     else:
         err = BadRequestError(f"{what} failed with HTTP {status}{tail}", url=safe, status=status)
     err.retry_after = _retry_after(retry_after)
@@ -233,28 +202,20 @@ def status_error(status: int, url: str, what: str, detail: str = "", retry_after
 
 
 def _translate(exc: BaseException, url: str, what: str) -> BisqueError:
-    """An aiohttp/OS exception as a (transient) aiobisque error."""
+    """An aiohttp/OS exception as an aiobisque error."""
     safe = redact_url(url)
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-        return DownloadTimeoutError(f"{what}: timed out waiting for the server", url=safe,
-                                    transient=True)
+        return DownloadTimeoutError(f"{what}: timed out waiting for the server", url=safe)
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return TransportError(f"{what}: cannot connect to {safe} ({exc.os_error})", url=safe,
-                              transient=True)
+        return TransportError(f"{what}: cannot connect to {safe} ({exc.os_error})", url=safe)
     if isinstance(exc, aiohttp.InvalidURL):
         return UsageError(f"{what}: invalid URL {safe}")
     if isinstance(exc, aiohttp.TooManyRedirects):
         return ProtocolError(f"{what}: too many redirects", url=safe)
     if isinstance(exc, (aiohttp.ClientError, OSError)):
         return TransportError(f"{what}: connection lost ({type(exc).__name__}: {exc})",
-                              url=safe, transient=True)
-    return TransportError(f"{what}: {type(exc).__name__}", url=safe, transient=True)
-
-
-def _is_congestion(exc: BaseException) -> bool:
-    return isinstance(exc, DownloadTimeoutError) or (
-        isinstance(exc, ServerError) and exc.status in (429, 503)
-    )
+                              url=safe)
+    return TransportError(f"{what}: {type(exc).__name__}", url=safe)
 
 
 class BodySink(Protocol):
@@ -348,14 +309,14 @@ class Transport:
             outcome = "ok"
             return result
         except BisqueError as exc:
-            if _is_congestion(exc):
+            if is_congestion(exc):
                 outcome = "congested"
             raise
         except asyncio.CancelledError:
             raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             err = _translate(exc, url, what)
-            if _is_congestion(err):
+            if is_congestion(err):
                 outcome = "congested"
             raise err from exc
         finally:
@@ -483,87 +444,4 @@ async def _read_body(
             on_bytes(len(piece))
     if length is not None and received < length:
         raise TransportError(f"{what}: body cut short ({received:,} of {length:,} bytes)",
-                             url=redact_url(url), transient=True)
-
-
-def _should_retry(policy: RetryPolicy) -> Callable[[BaseException], bool]:
-    def predicate(exc: BaseException) -> bool:
-        # explicit allowlist: only our own errors (never CancelledError)
-        if not isinstance(exc, BisqueError):
-            return False
-        if exc.status is not None:
-            # an HTTP status: the policy's statuses decide, but a malformed request, a login
-            # problem or a missing resource is never worth another try
-            if exc.status in _NEVER_RETRIED or exc.status not in policy.statuses:
-                return False
-        elif not exc.transient:
-            return False
-        if exc.retry_after is not None and exc.retry_after > policy.retry_after_max:
-            exc.message += (f" (the server asked to wait {exc.retry_after:.0f} s, more than "
-                            f"retry_after_max={policy.retry_after_max:.0f} s)")
-            return False
-        return True
-
-    return predicate
-
-
-class _BudgetStop(stop_base):
-    """Stops when the download's retry budget is spent.
-
-    Last in the stop chain (``stop_any`` short-circuits), so a unit is taken only for a
-    retry that will really happen.
-    """
-
-    def __init__(self, budget: RetryBudget | None):
-        self.budget = budget
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return self.budget is not None and not self.budget.take()
-
-
-def _wait(policy: RetryPolicy) -> Callable[[RetryCallState], float]:
-    def wait(state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, BisqueError) and exc.retry_after is not None:
-            return min(exc.retry_after, policy.retry_after_max)
-        ceiling = min(policy.backoff_max,
-                      policy.backoff_initial * 2 ** max(0, state.attempt_number - 1))
-        return random.uniform(0, ceiling)  # full jitter
-
-    return wait
-
-
-async def retrying(
-    attempt: Callable[[], Awaitable[T]],
-    policy: RetryPolicy,
-    *,
-    budget: RetryBudget | None = None,
-    on_retry: Callable[[BisqueError, int, float], None] | None = None,
-) -> tuple[T, int]:
-    """Run ``attempt`` under a fresh retry state; returns its result and the attempts used.
-
-    The last error is re-raised as is once the policy gives up.
-    """
-
-    def before_sleep(state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        delay = state.next_action.sleep if state.next_action else 0.0
-        if isinstance(exc, BisqueError):
-            log.info("retrying in %.2f s after attempt %d: %s", delay, state.attempt_number, exc)
-            if on_retry:
-                on_retry(exc, state.attempt_number, delay)
-
-    retryer = AsyncRetrying(
-        stop=stop_any(stop_after_attempt(policy.max_attempts),
-                      stop_before_delay(policy.max_delay), _BudgetStop(budget)),
-        wait=_wait(policy),
-        retry=retry_if_exception(_should_retry(policy)),
-        before_sleep=before_sleep,
-        reraise=True,
-    )
-    attempts = 0
-    async for state in retryer:
-        with state:
-            attempts = state.retry_state.attempt_number
-            result = await attempt()
-    return result, attempts
+                             url=redact_url(url))

@@ -1,6 +1,7 @@
 """Output files written block by block: ``.npy`` in place and HDF5 datasets.
 
-A download's result is cut into a :class:`BlockGrid` of C-contiguous blocks. An output
+A download's result is cut into a :class:`~aiobisque.blocks.BlockGrid` of C-contiguous
+blocks. An output
 hands out a writable buffer per block (for ``.npy`` a memory map of exactly that block's
 bytes in ``FILE.part``; for HDF5 a small numpy array), then *commits* it: the block is
 made durable (msync / HDF5 flush + fsync) before the journal may count it. Only a few
@@ -19,18 +20,17 @@ import errno
 import json
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
+from aiobisque.blocks import BlockGrid
 from aiobisque.errors import UsageError
 
 __all__ = [
     "FORMATS",
-    "BlockGrid",
     "Hdf5Output",
     "NpyOutput",
     "Output",
@@ -60,93 +60,6 @@ def output_format(path: str | os.PathLike[str]) -> str:
             f"cannot tell the output format of {os.fspath(path)!r}: its name must end "
             f"with one of {known}"
         ) from None
-
-
-@dataclass(frozen=True)
-class BlockGrid:
-    """A result array of ``shape`` cut into C-contiguous blocks.
-
-    Along axes before ``axis`` each block takes one index; along ``axis`` it takes
-    ``rows`` indices (fewer in the last block); later axes are whole. So every block is one
-    contiguous run of the C-ordered result, at element offset :meth:`offset`.
-    """
-
-    shape: tuple[int, ...]
-    axis: int
-    rows: int
-
-    @classmethod
-    def fit(
-        cls,
-        shape: tuple[int, ...],
-        itemsize: int,
-        block_bytes: int,
-        align: BlockGrid | None = None,
-    ) -> BlockGrid:
-        """The grid of the largest blocks of at most ``block_bytes`` (at least one element).
-
-        With ``align`` (an HDF5 chunk grid), blocks cover whole chunks wherever possible,
-        so no chunk is written (and compressed) twice.
-        """
-        if not shape:
-            return cls((), 0, 1)
-        ndim = len(shape)
-        budget = max(1, block_bytes // max(1, itemsize))  # elements per block
-        axis = ndim - 1
-        for k in range(ndim):
-            if math.prod(shape[k + 1:]) <= budget:
-                axis = k
-                break
-        inner = math.prod(shape[axis + 1:])
-        rows = max(1, min(shape[axis], budget // max(1, inner)))
-        if align is not None and align.axis == axis and align.rows < rows:
-            rows = rows // align.rows * align.rows
-        return cls(tuple(shape), axis, rows)
-
-    @property
-    def _per_axis(self) -> int:
-        return -(-self.shape[self.axis] // self.rows) if self.shape else 1
-
-    def __len__(self) -> int:
-        if math.prod(self.shape) == 0:
-            return 0
-        if not self.shape:
-            return 1
-        return math.prod(self.shape[: self.axis]) * self._per_axis
-
-    def _locate(self, block: int) -> tuple[tuple[int, ...], int, int]:
-        if not 0 <= block < len(self):
-            raise IndexError(f"block {block} is not in a grid of {len(self)}")
-        if not self.shape:
-            return (), 0, 1
-        outer, j = divmod(block, self._per_axis)
-        lead = tuple(int(i) for i in np.unravel_index(outer, self.shape[: self.axis])) \
-            if self.axis else ()
-        start = j * self.rows
-        stop = min(self.shape[self.axis], start + self.rows)
-        return lead, start, stop
-
-    def region(self, block: int) -> tuple[slice, ...]:
-        """The block's place in the result: one slice per axis (length 1 before ``axis``)."""
-        lead, start, stop = self._locate(block)
-        if not self.shape:
-            return ()
-        rest = (slice(None),) * (len(self.shape) - self.axis - 1)
-        return (*(slice(i, i + 1) for i in lead), slice(start, stop), *rest)
-
-    def block_shape(self, block: int) -> tuple[int, ...]:
-        _, start, stop = self._locate(block)
-        if not self.shape:
-            return ()
-        return (1,) * self.axis + (stop - start,) + self.shape[self.axis + 1:]
-
-    def offset(self, block: int) -> int:
-        """Element offset of the block's first element in the C-ordered result."""
-        lead, start, _ = self._locate(block)
-        if not self.shape:
-            return 0
-        outer = int(np.ravel_multi_index(lead, self.shape[: self.axis])) if self.axis else 0
-        return (outer * self.shape[self.axis] + start) * math.prod(self.shape[self.axis + 1:])
 
 
 class Output:

@@ -88,6 +88,39 @@ class Selection:
             for src in self.layout
         )
 
+    def narrow(self, region: Sequence[slice]) -> Selection:
+        """The part of this selection that fills ``result[region]``.
+
+        ``region`` has one step-1 slice per result axis (a block of the result, as
+        :meth:`aiobisque.blocks.BlockGrid.region` gives). The narrowed selection keeps the
+        layout (dropped dimensions, new axes), so its result has the region's shape; no
+        numpy index is built and normalised again.
+
+        >>> sel = normalize_selection((slice(None, None, -1), 2), (10, 5))
+        >>> sub = sel.narrow((slice(0, 3),))
+        >>> sub.shape, sub.dims[0].first, sub.dims[0].step
+        ((3,), 9, -1)
+        """
+        shape = self.shape
+        if len(region) != len(shape):
+            raise ValueError(f"region has {len(region)} slices for a {len(shape)}-d result")
+        dims = list(self.dims)
+        axis = 0  # result axis
+        for src in self.layout:
+            if src is not None and self.dims[src].drop:
+                continue
+            lo, hi, step = region[axis].indices(shape[axis])
+            if step != 1:
+                raise ValueError(f"region slices must have step 1, got {region[axis]}")
+            if src is not None:
+                d = self.dims[src]
+                count = max(0, hi - lo)
+                dims[src] = DimSelection(d.first + lo * d.step if count else 0, d.step, count)
+            elif hi - lo != 1:
+                raise ValueError("a new axis has length 1: its region must be one index")
+            axis += 1
+        return Selection(tuple(dims), self.layout)
+
     def result_to_core(self) -> tuple[Any, ...]:
         """Index turning a result-shaped array into a ``core_shape`` view (for ``out=``)."""
         return tuple(

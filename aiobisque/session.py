@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import os
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -21,19 +23,38 @@ from aiobisque.errors import (
     NotFoundError,
     UsageError,
 )
-from aiobisque.fetch import BufferSink, Transport, is_loopback, origin, retrying
+from aiobisque.fetch import BufferSink, Transport, is_loopback, origin
 from aiobisque.protocol import (
     parse_login_providers,
     parse_services,
     parse_session_user,
     redact_url,
 )
+from aiobisque.retry import retrying
+from aiobisque.table import TableService
 
 __all__ = ["BisqueSession", "MexToken"]
 
 log = logging.getLogger("aiobisque")
 
 _DOC_LIMIT = 16 * 1024 * 1024  # services/session/info documents are small
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _table_shortcut(
+    method: Callable[Concatenate[TableService, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[BisqueSession, P], Coroutine[Any, Any, R]]:
+    """``session.NAME(...)`` as ``session.table.NAME(...)``: one signature, written once."""
+
+    async def shortcut(self: BisqueSession, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await method(self.table, *args, **kwargs)
+
+    functools.update_wrapper(shortcut, method)
+    shortcut.__doc__ = f"``session.table.{method.__name__}(...)``: see " \
+        f":meth:`TableService.{method.__name__} <aiobisque.TableService.{method.__name__}>`."
+    return shortcut
 
 
 @dataclass(frozen=True)
@@ -128,7 +149,7 @@ class BisqueSession:
         self._transport: Transport | None = None
         self._executor: ThreadPoolExecutor | None = None
         self.services: dict[str, str] = {}
-        self._table: Any = None
+        self._table: TableService | None = None
 
     def __repr__(self) -> str:
         state = "open" if self._transport else "closed"
@@ -257,7 +278,7 @@ class BisqueSession:
         body = await self.get_document(url, "the login providers")
         return parse_login_providers(bytes(body), url)
 
-    def service(self, name: str) -> Any:
+    def service(self, name: str) -> TableService:
         """A service proxy by name. Only the table service (``"table"``) is provided."""
         if name in ("table", "tables"):
             return self.table
@@ -265,11 +286,9 @@ class BisqueSession:
         raise NotFoundError(f"aiobisque has no client for service {name!r} (server offers: {known})")
 
     @property
-    def table(self) -> Any:
+    def table(self) -> TableService:
         """The :class:`~aiobisque.TableService` of this session."""
         if self._table is None:
-            from aiobisque.table import TableService
-
             base = self.services.get("table") or self.services.get("tables")
             if base is None:
                 self.transport  # noqa: B018 - raises when the session is not open
@@ -279,3 +298,7 @@ class BisqueSession:
                 )
             self._table = TableService(self, base)
         return self._table
+
+    # shortcuts for the service nearly every caller wants (the sync Session has them too)
+    info = _table_shortcut(TableService.info)
+    load_array = _table_shortcut(TableService.load_array)

@@ -16,6 +16,8 @@ Every class here is a thin twin of an async one (:class:`Session` of
 :class:`~aiobisque.BisqueSession`, :class:`SyncTableService` of
 :class:`~aiobisque.TableService`, :class:`SyncRemoteArray` of
 :class:`~aiobisque.RemoteArray`): same arguments, options and errors, no logic of its own.
+The twins are made from the async methods themselves (:func:`_twin`), so their signatures
+and docstrings cannot drift; ``tests/test_surface.py`` checks both surfaces match.
 Each call runs the async method on aiobisque's private loop thread (uvloop when installed),
 which is why it also works inside a running event loop such as Jupyter's, and from any
 thread. Progress callbacks are called on that private thread. Calling the synchronous API
@@ -28,26 +30,59 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiohttp
 import numpy as np
 
 from aiobisque._loop import run_sync, shared_loop
 from aiobisque.config import Config
-from aiobisque.download import DownloadStats, ProgressCallback
+from aiobisque.progress import DownloadStats, ProgressCallback
 from aiobisque.protocol import ArrayInfo
 from aiobisque.session import Auth, BisqueSession
 from aiobisque.table import RemoteArray, TableService
-from aiobisque.upload import UploadResult
 
 __all__ = ["Session", "SyncRemoteArray", "SyncTableService", "load_array"]
 
 #: How long a forgotten session's clean-up may hold up garbage collection or exit.
 _FINALIZE_WAIT = 2.0
+
+P = ParamSpec("P")
+R = TypeVar("R")
+W = TypeVar("W")
+
+
+def _twin(
+    method: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[Any, P], R]:
+    """The synchronous twin of an async method: runs it on ``self._aio`` and waits.
+
+    The twin carries the async method's signature and docstring (``inspect.signature``
+    follows ``__wrapped__``), so there is one definition of each argument list.
+    """
+
+    def twin(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return run_sync(method(self._aio, *args, **kwargs))
+
+    functools.update_wrapper(twin, method)
+    return twin
+
+
+def _wrapping_twin(
+    method: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]], wrap: Callable[[R], W],
+) -> Callable[Concatenate[Any, P], W]:
+    """Like :func:`_twin`, for a method whose result gets a synchronous twin too."""
+    run = _twin(method)
+
+    def twin(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> W:
+        return wrap(run(self, *args, **kwargs))
+
+    functools.update_wrapper(twin, method)
+    return twin
 
 
 class SyncRemoteArray:
@@ -91,18 +126,7 @@ class SyncRemoteArray:
     def __repr__(self) -> str:
         return repr(self._aio).replace("<RemoteArray", "<SyncRemoteArray", 1)
 
-    def read(
-        self,
-        selection: Any = Ellipsis,
-        *,
-        out: np.ndarray[Any, Any] | None = None,
-        progress: ProgressCallback | None = None,
-        stats: DownloadStats | None = None,
-        **options: Any,
-    ) -> np.ndarray[Any, Any]:
-        """Runs :meth:`RemoteArray.read <aiobisque.RemoteArray.read>` and waits for it."""
-        return run_sync(self._aio.read(selection, out=out, progress=progress, stats=stats,
-                                       **options))
+    read = _twin(RemoteArray.read)
 
     def __getitem__(self, selection: Any) -> np.ndarray[Any, Any]:
         """``arr[sel]`` is ``arr.read(sel)``."""
@@ -123,44 +147,12 @@ class SyncTableService:
     def __repr__(self) -> str:
         return f"<SyncTableService of {self._aio.session!r}>"
 
-    def info(self, uniq: str, path: str | Sequence[str] = "", **options: Any) -> ArrayInfo:
-        """Runs :meth:`TableService.info <aiobisque.TableService.info>` and waits for it."""
-        return run_sync(self._aio.info(uniq, path, **options))
+    info = _twin(TableService.info)
+    open = _wrapping_twin(TableService.open, SyncRemoteArray)
+    load_array = _twin(TableService.load_array)
 
-    def open(self, uniq: str, path: str | Sequence[str] = "", **options: Any) -> SyncRemoteArray:
-        """Runs :meth:`TableService.open <aiobisque.TableService.open>`; wraps the array."""
-        return SyncRemoteArray(run_sync(self._aio.open(uniq, path, **options)))
-
-    def load_array(
-        self,
-        uniq: str,
-        path: str | Sequence[str],
-        slices: Sequence[slice | int] | None = None,
-        *,
-        out: np.ndarray[Any, Any] | None = None,
-        progress: ProgressCallback | None = None,
-        stats: DownloadStats | None = None,
-        **options: Any,
-    ) -> np.ndarray[Any, Any]:
-        """Runs :meth:`TableService.load_array <aiobisque.TableService.load_array>`.
-
-        ``slices`` follows ``bqapi``: a ``slice`` per leading dimension, an ``int`` keeps a
-        length-1 dimension, missing dimensions are whole.
-        """
-        return run_sync(self._aio.load_array(uniq, path, slices, out=out, progress=progress,
-                                             stats=stats, **options))
-
-    def store_array(self, array: Any, name: str, *, tags: Mapping[str, Any] | None = None,
-                    progress: ProgressCallback | None = None, **options: Any) -> UploadResult:
-        """Runs :meth:`TableService.store_array <aiobisque.TableService.store_array>`."""
-        return run_sync(self._aio.store_array(array, name, tags=tags, progress=progress,
-                                              **options))
-
-    def store_table(self, table: Any, name: str, *, tags: Mapping[str, Any] | None = None,
-                    progress: ProgressCallback | None = None, **options: Any) -> UploadResult:
-        """Runs :meth:`TableService.store_table <aiobisque.TableService.store_table>`."""
-        return run_sync(self._aio.store_table(table, name, tags=tags, progress=progress,
-                                              **options))
+    store_array = _twin(TableService.store_array)
+    store_table = _twin(TableService.store_table)
 
 
 class Session:
@@ -174,6 +166,8 @@ class Session:
     :class:`~aiobisque.AuthenticationError`). Use it in a ``with`` block or call
     :meth:`close`; a session that is garbage-collected unclosed is closed then.
     ``options`` are :class:`~aiobisque.Config` fields (or ``config=``), overridable per call.
+    Because it is connected on creation, its :meth:`open` opens an *array*
+    (``session.table.open``), where the async session's ``open()`` connects.
     """
 
     def __init__(
@@ -231,46 +225,17 @@ class Session:
         """The table service (twin of :attr:`BisqueSession.table`)."""
         return SyncTableService(self._aio.table)
 
-    def login_providers(self) -> list[str]:
-        """Runs :meth:`BisqueSession.login_providers <aiobisque.BisqueSession.login_providers>`."""
-        return run_sync(self._aio.login_providers())
-
     def service(self, name: str) -> SyncTableService:
         """Twin of :meth:`BisqueSession.service`: only ``"table"`` is provided."""
         return SyncTableService(self._aio.service(name))
 
-    def info(self, uniq: str, path: str | Sequence[str] = "", **options: Any) -> ArrayInfo:
-        """``session.table.info(...)``: runs :meth:`TableService.info`."""
-        return self.table.info(uniq, path, **options)
+    login_providers = _twin(BisqueSession.login_providers)
+    info = _twin(BisqueSession.info)
+    load_array = _twin(BisqueSession.load_array)
 
     def open(self, uniq: str, path: str | Sequence[str] = "", **options: Any) -> SyncRemoteArray:
         """``session.table.open(...)``: runs :meth:`TableService.open`."""
         return self.table.open(uniq, path, **options)
-
-    def load_array(
-        self,
-        uniq: str,
-        path: str | Sequence[str],
-        slices: Sequence[slice | int] | None = None,
-        *,
-        out: np.ndarray[Any, Any] | None = None,
-        progress: ProgressCallback | None = None,
-        stats: DownloadStats | None = None,
-        **options: Any,
-    ) -> np.ndarray[Any, Any]:
-        """``session.table.load_array(...)``: runs :meth:`TableService.load_array`."""
-        return self.table.load_array(uniq, path, slices, out=out, progress=progress,
-                                     stats=stats, **options)
-
-    def store_array(self, array: Any, name: str, *, tags: Mapping[str, Any] | None = None,
-                    progress: ProgressCallback | None = None, **options: Any) -> UploadResult:
-        """``session.table.store_array(...)``: runs :meth:`TableService.store_array`."""
-        return self.table.store_array(array, name, tags=tags, progress=progress, **options)
-
-    def store_table(self, table: Any, name: str, *, tags: Mapping[str, Any] | None = None,
-                    progress: ProgressCallback | None = None, **options: Any) -> UploadResult:
-        """``session.table.store_table(...)``: runs :meth:`TableService.store_table`."""
-        return self.table.store_table(table, name, tags=tags, progress=progress, **options)
 
 
 def load_array(
@@ -291,9 +256,10 @@ def load_array(
     ...                 "DataContainers/ImageDataContainer/CellData/Phases",
     ...                 auth=("me", "pw"))                                   # doctest: +SKIP
 
-    Arguments are those of :meth:`TableService.load_array <aiobisque.TableService.load_array>`;
-    ``options`` are :class:`~aiobisque.Config` fields. To download several arrays, open a
-    :class:`Session` once instead (one login, shared connections).
+    Arguments are those of :meth:`TableService.load_array <aiobisque.TableService.load_array>`
+    plus the server's ``root`` and ``auth``; ``options`` are :class:`~aiobisque.Config`
+    fields. To download several arrays, open a :class:`Session` once instead (one login,
+    shared connections).
     """
     with Session(root, auth, **options) as session:
         return session.load_array(uniq, path, slices, out=out, progress=progress, stats=stats)

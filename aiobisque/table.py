@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aiobisque.config import Config
-from aiobisque.download import DownloadStats, ProgressCallback, run_plan
+from aiobisque.download import run_plan
 from aiobisque.errors import IncompleteDownloadError, UsageError
-from aiobisque.plan import Request, make_plan
+from aiobisque.plan import Plan, Request, make_plan
+from aiobisque.progress import DownloadStats, ProgressCallback
 from aiobisque.protocol import (
     ArrayInfo,
     not_an_array,
@@ -32,6 +33,9 @@ __all__ = ["RemoteArray", "TableService"]
 class TableService:
     """BisQue's table service on one session (``bq.service("table")`` or ``bq.table``)."""
 
+    # ``self, /`` in the public methods: the sync facade and the session's shortcuts are
+    # typed from these signatures (ParamSpec), which needs ``self`` positional-only
+
     def __init__(self, session: BisqueSession, base_url: str):
         self.session = session
         self.base_url = base_url
@@ -39,7 +43,9 @@ class TableService:
     def __repr__(self) -> str:
         return f"<TableService of {self.session!r}>"
 
-    async def info(self, uniq: str, path: str | Sequence[str] = "", **options: Any) -> ArrayInfo:
+    async def info(
+        self, /, uniq: str, path: str | Sequence[str] = "", **options: Any
+    ) -> ArrayInfo:
         """Metadata of a node: shape, dtype, kind, headers, types, meta, children."""
         cfg = self.session.config.for_call(**options)
         uniq = parse_uniq(uniq)
@@ -49,7 +55,9 @@ class TableService:
         body = await self.session.get_document(url, f"info of {uniq}/{shown}", cfg)
         return parse_info(bytes(body), uniq=uniq, path=shown, url=url, max_bytes=cfg.max_bytes)
 
-    async def open(self, uniq: str, path: str | Sequence[str] = "", **options: Any) -> RemoteArray:
+    async def open(
+        self, /, uniq: str, path: str | Sequence[str] = "", **options: Any
+    ) -> RemoteArray:
         """A :class:`RemoteArray` for an array node (one ``info`` request, no data yet)."""
         info = await self.info(uniq, path, **options)
         if info.kind == "group":
@@ -57,7 +65,7 @@ class TableService:
         return RemoteArray(self, info)
 
     async def load_array(
-        self,
+        self, /,
         uniq: str,
         path: str | Sequence[str],
         slices: Sequence[slice | int] | None = None,
@@ -75,11 +83,11 @@ class TableService:
         """
         arr = await self.open(uniq, path, **options)
         sel = bqapi_selection(slices, arr.shape)
-        return await arr._read_selection(sel, out=out, progress=progress, stats=stats,
-                                         **options)
+        return await arr._read(sel, out=out, progress=progress, stats=stats, options=options)
 
     async def store_array(
         self,
+        /,
         array: Any,
         name: str,
         *,
@@ -110,6 +118,7 @@ class TableService:
 
     async def store_table(
         self,
+        /,
         table: Any,
         name: str,
         *,
@@ -169,7 +178,7 @@ class RemoteArray:
                          ["format:hdf"])
 
     async def read(
-        self,
+        self, /,
         selection: Any = Ellipsis,
         *,
         out: np.ndarray[Any, Any] | None = None,
@@ -186,51 +195,75 @@ class RemoteArray:
         the buffer is incomplete.
         """
         sel = normalize_selection(selection, self.shape)
-        return await self._read_selection(sel, out=out, progress=progress, stats=stats,
-                                          **options)
+        return await self._read(sel, out=out, progress=progress, stats=stats, options=options)
 
-    async def _read_selection(
+    async def _read(
         self,
         sel: Selection,
         *,
         out: np.ndarray[Any, Any] | None,
         progress: ProgressCallback | None,
         stats: DownloadStats | None,
-        **options: Any,
+        options: dict[str, Any],
     ) -> np.ndarray[Any, Any]:
-        session = self.table.session
-        cfg: Config = session.config.for_call(**options)
+        """What :meth:`read` and ``load_array`` share: the result buffer, then :meth:`fill`."""
+        cfg: Config = self.table.session.config.for_call(**options)
         nbytes = sel.size * self.dtype.itemsize
         if nbytes > cfg.max_bytes:
             raise UsageError(
                 f"the selection is {nbytes:,} bytes, more than max_bytes={cfg.max_bytes:,}; "
                 "pass a larger max_bytes (or write to a file with out=np.memmap)"
             )
-        if out is None:
-            result = np.empty(sel.shape, dtype=self.dtype)
-        else:
-            result = _check_out(out, sel.shape, self.dtype)
-        plan = make_plan(sel, self.dtype.itemsize, cfg.request_bytes)
-        # the trailing Ellipsis keeps this a view even for 0-d results (not a scalar copy)
-        core = result[(*sel.result_to_core(), Ellipsis)]
-        where = f"{self.info.uniq}/{self.info.path}"
+        result = np.empty(sel.shape, dtype=self.dtype) if out is None \
+            else _check_out(out, sel.shape, self.dtype)
         try:
-            await run_plan(
-                session.transport, plan, self.url_for, core, self.dtype,
-                config=cfg, executor=session.executor, where=where,
-                progress=progress, stats=stats,
-            )
+            await self.fill(sel, result, config=cfg, progress=progress, stats=stats)
         except asyncio.CancelledError as exc:
             if out is not None:
                 exc.add_note("aiobisque: the out= buffer is incomplete (download cancelled)")
             raise
         except Exception as exc:
-            if out is not None and len(plan):
+            if out is not None and sel.size:
                 raise IncompleteDownloadError(
-                    f"download of {where} into out= stopped; the buffer is incomplete: {exc}"
+                    f"download of {self._where} into out= stopped; the buffer is incomplete: "
+                    f"{exc}"
                 ) from exc
             raise
         return result
+
+    async def fill(
+        self,
+        sel: Selection,
+        dest: np.ndarray[Any, Any],
+        *,
+        config: Config,
+        plan: Plan | None = None,
+        progress: ProgressCallback | None = None,
+        stats: DownloadStats | None = None,
+    ) -> DownloadStats:
+        """Download the normalised selection ``sel`` into ``dest``: the one read path.
+
+        Every download goes through here: :meth:`read`, ``load_array``, the bulk
+        downloader's blocks (``sel`` narrowed with :meth:`Selection.narrow
+        <aiobisque.selection.Selection.narrow>`) and dask's tasks. ``dest`` is a writable
+        array of ``sel.shape`` and of this array's dtype (or one it casts to safely);
+        ``plan`` is the selection's plan when the caller already made one. Errors are
+        raised as they are: whether a half-filled ``dest`` matters is the caller's call.
+        """
+        plan = plan if plan is not None else make_plan(sel, self.dtype.itemsize,
+                                                        config.request_bytes)
+        session = self.table.session
+        # the trailing Ellipsis keeps this a view even for 0-d results (not a scalar copy)
+        core = dest[(*sel.result_to_core(), Ellipsis)]
+        return await run_plan(
+            session.transport, plan, self.url_for, core, self.dtype,
+            config=config, executor=session.executor, where=self._where,
+            progress=progress, stats=stats,
+        )
+
+    @property
+    def _where(self) -> str:
+        return f"{self.info.uniq}/{self.info.path}"
 
 
 def _check_out(out: Any, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:

@@ -51,7 +51,6 @@ import aiohttp
 import numpy as np
 
 from aiobisque.config import Config, RetryPolicy
-from aiobisque.download import Progress, ProgressCallback
 from aiobisque.errors import (
     AuthenticationError,
     BisqueError,
@@ -61,6 +60,7 @@ from aiobisque.errors import (
     UsageError,
 )
 from aiobisque.fetch import origin, status_error
+from aiobisque.progress import Progress, ProgressCallback
 from aiobisque.protocol import redact_url
 
 if TYPE_CHECKING:

@@ -18,7 +18,10 @@ from aiobisque import (
     RetryPolicy,
     ServerError,
 )
+from aiobisque.decode import BodyIncompleteError
+from aiobisque.errors import AuthenticationError, DownloadTimeoutError, TransportError
 from aiobisque.fetch import _retry_after, status_error
+from aiobisque.retry import RetryBudget, is_congestion, is_permanent, is_transient, why_stopped
 from tests.hostile import Hostile, hostile
 
 QUICK = RetryPolicy(max_attempts=4, backoff_initial=0.001, backoff_max=0.002)
@@ -86,8 +89,44 @@ def test_retry_after_forms() -> None:
 
 def test_status_mapping() -> None:
     root = "https://bisque.example.org/x"
-    assert status_error(503, root, "x", retry_after="4").transient
+    assert is_transient(status_error(503, root, "x", retry_after="4"))
     assert status_error(503, root, "x", retry_after="4").retry_after == 4.0
-    assert not status_error(404, root, "x").transient
+    assert not is_transient(status_error(404, root, "x"))
     assert isinstance(status_error(418, root, "x"), BadRequestError)
-    assert status_error(408, root, "x").transient
+    assert not is_transient(status_error(418, root, "x"))
+    assert is_transient(status_error(408, root, "x"))
+
+
+def test_one_place_classifies_failures() -> None:
+    root = "https://bisque.example.org/x"
+    cut = TransportError("x: connection lost")
+    assert is_transient(cut) and not is_permanent(cut)
+    assert is_transient(BodyIncompleteError("x: body cut short"))
+    assert not is_permanent(BodyIncompleteError("x: body cut short"))
+    assert not is_transient(ValueError("a bug"))  # only aiobisque's own errors
+    # a status the policy does not list is not retried, and rerunning cannot cure a 4xx
+    narrow = RetryPolicy(statuses=frozenset({503}))
+    assert not is_transient(status_error(500, root, "x"), narrow)
+    assert is_permanent(status_error(409, root, "x"), narrow)
+    assert not is_permanent(status_error(429, root, "x"))
+    assert is_permanent(AuthenticationError("x: rejected"))
+    # a permanent cause makes the wrapper permanent
+    wrapper = ServerError("x failed")
+    wrapper.__cause__ = status_error(404, root, "x")
+    assert is_permanent(wrapper)
+    assert is_congestion(status_error(429, root, "x"))
+    assert is_congestion(DownloadTimeoutError("x: timed out"))
+    assert not is_congestion(status_error(500, root, "x"))
+
+
+def test_long_retry_after_stops_retrying_and_says_why() -> None:
+    root = "https://bisque.example.org/x"
+    policy = RetryPolicy(retry_after_max=5)
+    slow = status_error(429, root, "x", retry_after="600")
+    assert not is_transient(slow, policy)
+    assert "asked to wait 600 s" in why_stopped(slow, policy, None)
+    assert why_stopped(status_error(404, root, "x"), policy, None) == ""
+    spent = RetryBudget(0)
+    assert "budget is spent" in why_stopped(status_error(503, root, "x"), policy, spent)
+    # the message is built for the caller; the error itself is left as it was
+    assert "asked" not in str(slow)

@@ -174,7 +174,7 @@ async def test_big_table_is_written_in_blocks(bq: BisqueSession, srv: TableServe
 def test_sync_facade_round_trip(srv_thread: TableServer) -> None:
     data = np.arange(30, dtype=np.uint16).reshape(5, 6)
     with Session(srv_thread.root, auth=USER) as session:
-        result = session.store_array(data, "sync")
+        result = session.table.store_array(data, "sync")
         np.testing.assert_array_equal(session.load_array(result.uniq, "sync"), data)
         table = session.table.store_table(np.zeros(3, dtype=[("a", "i4")]), "t")
         assert session.info(table.uniq, "t").kind == "table"
