@@ -1,4 +1,4 @@
-"""The ``aiobisque`` command: ``info``, ``download``, ``serve`` and ``demo``.
+"""The ``aiobisque`` command: ``info``, ``download``, ``upload``, ``serve`` and ``demo``.
 
     aiobisque info https://bisque.example.org 00-orJQLiXgqh8K955C6qzhyC
     aiobisque download https://bisque.example.org 00-orJQ... Data/Phases -o phases.h5 \\
@@ -233,6 +233,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_download_arguments(download)
     download.set_defaults(handler=_download_command)
+
+    from aiobisque import upload_command
+
+    upload = commands.add_parser(
+        "upload", parents=[common], epilog=upload_command.EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="store a .npy or HDF5 file's array as a new resource; prints its uniq",
+        description=upload_command.DESCRIPTION,
+    )
+    upload_command.add_arguments(upload)
+    upload.set_defaults(handler=upload_command.main)
 
     serve = commands.add_parser(
         "serve", help="serve a folder of HDF5 files as a BisQue table service (for testing)",
