@@ -142,6 +142,12 @@ async def test_store_table_structured_array(bq: BisqueSession, srv: TableServer)
     for name in ("id", "x", "ok", "raw"):
         np.testing.assert_array_equal(back[name], rows[name])
     assert [t.decode("utf-8") for t in back["text"]] == list(rows["text"])
+    # and through aiobisque's own download path (str columns come back as UTF-8 bytes)
+    ours = await bq.table.load_array(result.uniq, "rows")
+    assert ours.dtype.names == rows.dtype.names and ours["ok"].dtype == np.bool_
+    for name in ("id", "x", "ok", "raw"):
+        np.testing.assert_array_equal(ours[name], rows[name])
+    assert [t.decode("utf-8") for t in ours["text"]] == list(rows["text"])
 
 
 async def test_store_table_dataframe(bq: BisqueSession, srv: TableServer) -> None:
@@ -160,6 +166,8 @@ async def test_store_table_dataframe(bq: BisqueSession, srv: TableServer) -> Non
     assert [b.decode("utf-8") for b in back["name"]] == list(frame["name"])
     np.testing.assert_array_equal(back["value"], frame["value"].to_numpy())
     np.testing.assert_array_equal(back["flag"], frame["flag"].to_numpy())
+    ours = await bq.table.load_array(result.uniq, "frame")
+    np.testing.assert_array_equal(ours, back)
 
 
 async def test_big_table_is_written_in_blocks(bq: BisqueSession, srv: TableServer) -> None:
@@ -275,6 +283,17 @@ async def test_anonymous_session_is_refused_before_sending(srv: TableServer) -> 
         with pytest.raises(AuthenticationError, match="needs a login"):
             await anonymous.table.store_array(np.arange(3), "anon")
     assert srv.imports.requests == 0
+
+
+async def test_login_refused_by_the_import_service(srv: TableServer) -> None:
+    from aiobisque import MexToken
+
+    async with BisqueSession(srv.root, auth=MexToken("TOKEN123"),
+                             config=Config(retry=FAST_RETRY)) as session:
+        del srv.mex_tokens["TOKEN123"]  # the token expires after the login check
+        with pytest.raises(AuthenticationError, match="nothing was stored"):
+            await session.table.store_array(np.ones(2), "expired")
+    assert srv.imports.uploads == {}
 
 
 async def test_server_without_import_service(bq: BisqueSession) -> None:
