@@ -128,22 +128,31 @@ def check_name(name: Any) -> str:
         raise UsageError(f"name must be a string, got {type(name).__name__}")
     if not name.strip():
         raise UsageError("name must not be empty: it names the new resource (NAME.h5)")
-    problem = None
-    if name != name.strip():
-        problem = "it starts or ends with white space"
-    elif name in (".", ".."):
-        problem = "it is a directory name"
-    elif any(c in "/\\" for c in name):
-        problem = "it contains a path separator (/ or \\)"
-    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
-        problem = "it contains a control character"
-    elif len(name.encode("utf-8")) > _NAME_LIMIT:
-        problem = f"it is longer than {_NAME_LIMIT} bytes"
-    elif name[:1] == "_" and name[2:3] == "_" and name[1:2] in "cfgv":
-        problem = "PyTables reserves names starting with _c_, _f_, _g_ and _v_"
+    problem = _name_problem(name)
     if problem:
         raise UsageError(f"name {name!r} is not a valid file name: {problem}")
     return name
+
+
+def _name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a file and an HDF5 node, or ``None``."""
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "it is not valid Unicode text (a lone surrogate)"
+    if name != name.strip():
+        return "it starts or ends with white space"
+    if name in (".", ".."):
+        return "it is a directory name"
+    if any(c in "/\\" for c in name):
+        return "it contains a path separator (/ or \\)"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "it contains a control character"
+    if size > _NAME_LIMIT:
+        return f"it is longer than {_NAME_LIMIT} bytes"
+    if name[:1] == "_" and name[2:3] == "_" and name[1:2] in "cfgv":
+        return "PyTables reserves names starting with _c_, _f_, _g_ and _v_"
+    return None
 
 
 def _check_dtype(dtype: np.dtype[Any], what: str) -> np.dtype[Any]:

@@ -250,7 +250,7 @@ async def test_bad_arrays_are_refused_before_sending(bq: BisqueSession, srv: Tab
 @pytest.mark.parametrize(("name", "words"), [
     ("", "empty"), ("   ", "empty"), ("a/b", "path separator"), ("a\\b", "path separator"),
     ("..", "directory"), (" lead", "white space"), ("tab\there", "control"),
-    ("x" * 201, "longer"), ("_v_attrs", "reserves"), (7, "string"),
+    ("x" * 201, "longer"), ("_v_attrs", "reserves"), (7, "string"), ("a\udcff", "Unicode"),
 ])
 async def test_bad_names_are_refused_before_sending(bq: BisqueSession, srv: TableServer,
                                                     name: Any, words: str) -> None:
