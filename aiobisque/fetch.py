@@ -394,6 +394,8 @@ class Transport:
                         raise ResponseTooLargeError(
                             f"{what}: answer longer than the {max_body:,} bytes expected",
                             url=redact_url(url))
+                if resp.status >= 300:
+                    resp.close()  # stop sending a body the server refused, drop the connection
                 return resp.status, resp.headers, bytes(body)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise _translate(exc, url, what) from exc
