@@ -36,6 +36,9 @@ from aiobisque.errors import (
     SelectionError,
     ServerError,
     TransportError,
+    UploadError,
+    UploadNotTakenError,
+    UploadUncertainError,
     UsageError,
 )
 from aiobisque.progress import DownloadStats, Progress
@@ -44,6 +47,7 @@ from aiobisque.retry import RetryPolicy
 from aiobisque.session import BisqueSession, MexToken
 from aiobisque.sync import Session, SyncRemoteArray, SyncTableService, load_array
 from aiobisque.table import RemoteArray, TableService
+from aiobisque.upload import UploadResult
 
 __version__ = "0.1.0"
 
@@ -77,6 +81,10 @@ __all__ = [
     "SyncTableService",
     "TableService",
     "TransportError",
+    "UploadError",
+    "UploadNotTakenError",
+    "UploadResult",
+    "UploadUncertainError",
     "UsageError",
     "__version__",
     "load_array",

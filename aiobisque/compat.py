@@ -19,6 +19,7 @@ What is the same as ``bqapi``:
   ``service_map``, ``bisque_root``, ``mex`` and ``close()`` exist.
 - ``load_array(table_uniq, path, slices=[])`` returns the same array: a ``slice`` selects a
   range, an ``int`` keeps a length-1 dimension, missing dimensions are whole.
+- ``store_array(array, name)`` uploads ``NAME.h5`` and returns the new resource's element.
 - Errors are catchable as :class:`BQCommError`. Each is also the aiobisque error it came
   from (``except NotFoundError`` works too) and keeps it as ``__cause__``.
 
@@ -161,6 +162,19 @@ class TableProxy:
         with _bqapi_errors():
             return self.session._connected().load_array(table_uniq, path, list(slices),
                                                          **options)
+
+    def store_array(self, array: np.ndarray[Any, Any], name: str, **options: Any) -> Any:
+        """Store ``array`` as a new resource ``NAME.h5`` and return its element, as ``bqapi``.
+
+        Like ``bqapi``: the file holds node ``/NAME`` and the result is the first child of
+        BisQue's ``<resource type="uploaded">`` answer (an ``xml.etree`` element here, so
+        ``.get("resource_uniq")``, ``.get("uri")`` and ``.tag`` work alike). Unlike it:
+        the upload is streamed, retried only when the server provably did not take it,
+        tagged with an ``upload_id``, and bad input fails before anything is sent. Runs
+        :meth:`aiobisque.TableService.store_array`; ``options`` are Config fields.
+        """
+        with _bqapi_errors():
+            return self.session._connected().table.store_array(array, name, **options).element
 
 
 class BQSession:

@@ -19,8 +19,11 @@ plain ``except`` clause would use, so callers who do not know aiobisque still ca
     ├── InsecureTransportError                   credentials over plain http to another host
     ├── ResumeError                              a ``.part`` file of another request or remote
     ├── OutputExistsError (FileExistsError)      an output file holding something else
-    └── DownloadError                            one request failed for good; the download stopped
-        └── IncompleteDownloadError              ... after writing part of a caller's ``out=``
+    ├── DownloadError                            one request failed for good; the download stopped
+    │   └── IncompleteDownloadError              ... after writing part of a caller's ``out=``
+    └── UploadError                              an upload failed and stored nothing
+        ├── UploadNotTakenError                  ... provably never reached it (retried)
+        └── UploadUncertainError                 ... or may have stored it: check before retrying
 
 Which of these are worth retrying is decided in one place, :mod:`aiobisque.retry`.
 
@@ -50,6 +53,9 @@ __all__ = [
     "SelectionError",
     "ServerError",
     "TransportError",
+    "UploadError",
+    "UploadNotTakenError",
+    "UploadUncertainError",
     "UsageError",
 ]
 
@@ -196,3 +202,49 @@ class IncompleteDownloadError(DownloadError):
         super().__init__(message)
         self.done_bytes = done_bytes
         self.total_bytes = total_bytes
+
+
+class UploadError(BisqueError):
+    """An upload failed, and the server did not store the file.
+
+    ``name`` is the file name the upload gave the resource (``NAME.h5``), ``upload_id`` the
+    value of the ``upload_id`` tag it carried (see :meth:`~aiobisque.TableService.store_array`),
+    ``attempts`` how many times it was sent. ``stored`` is ``False``: nothing was created.
+    """
+
+    #: Whether the server may hold the file: ``False`` here, ``None`` (unknown) in
+    #: :class:`UploadUncertainError`.
+    stored: bool | None = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str | None = None,
+        status: int | None = None,
+        name: str | None = None,
+        upload_id: str | None = None,
+        attempts: int = 0,
+        retry_after: float | None = None,
+    ):
+        super().__init__(message, url=url, status=status, retry_after=retry_after)
+        self.name = name
+        self.upload_id = upload_id
+        self.attempts = attempts
+
+
+class UploadNotTakenError(UploadError):
+    """The server provably did not take the file: it could not be reached, or it answered
+    503 before the whole body was sent. The only upload failure that is retried (see
+    :func:`aiobisque.retry.upload_may_retry`); raised once the retries are spent."""
+
+
+class UploadUncertainError(UploadError):
+    """An upload failed after the server may have received the whole file.
+
+    The resource may or may not exist: uploads are not idempotent, so aiobisque does not
+    send it again. Before uploading again, look for a resource named :attr:`name` tagged
+    ``upload_id`` = :attr:`upload_id` (the message says how).
+    """
+
+    stored: bool | None = None

@@ -9,8 +9,8 @@ aiobisque errors in exactly one place (:func:`_translate` and :func:`status_erro
   queueing never counts against a timeout.
 * :class:`ByteBudget` bounds the payload bytes held by requests in flight.
 * What is worth retrying, and the retry loop itself, live in :mod:`aiobisque.retry`.
-* :class:`Transport` sends GETs: credentials are attached per request and only to trusted
-  origins, redirects are followed by hand (credentials dropped when the origin changes),
+* :class:`Transport` sends GETs (and upload POSTs, :meth:`Transport.post`): credentials are
+  attached per request and only to trusted origins, redirects are followed by hand (credentials dropped when the origin changes),
   bodies are read into one buffer sized from ``Content-Length`` and capped.
 """
 
@@ -21,7 +21,7 @@ import ipaddress
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
@@ -351,6 +351,54 @@ class Transport:
             return resp
         raise ProtocolError(f"{what}: more than {cfg.max_redirects} redirects",
                             url=redact_url(url))
+
+    async def post(
+        self,
+        url: str,
+        *,
+        data: AsyncIterable[bytes],
+        headers: Mapping[str, str],
+        what: str,
+        max_body: int,
+        config: Config | None = None,
+        on_answer: Callable[[], object] | None = None,
+    ) -> tuple[int, Any, bytes]:
+        """One POST attempt of a streamed body (uploads); never retried here.
+
+        Credentials go only to a trusted origin, as for GETs; redirects are not followed
+        (the body cannot be sent twice). Any answer is returned as (status, headers, body),
+        the body read up to ``max_body`` bytes; a connection failure raises the translated
+        error with the aiohttp exception as its ``__cause__``. ``on_answer`` is called as
+        soon as the status line and headers arrive (maybe before the body is all sent).
+        """
+        cfg = config or self.config
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=cfg.connect_timeout, sock_read=cfg.read_timeout
+        )
+        sent = {**self._headers(url), **headers}
+        log.debug("POST %s", redact_url(url))
+        try:
+            async with self.http.post(
+                URL(url, encoded=True), data=data, headers=sent, allow_redirects=False,
+                timeout=timeout,
+            ) as resp:
+                if on_answer is not None:
+                    on_answer()
+                body = bytearray()
+                while True:
+                    piece = await resp.content.read(1 << 16)
+                    if not piece:
+                        break
+                    body += piece
+                    if len(body) > max_body:
+                        raise ResponseTooLargeError(
+                            f"{what}: answer longer than the {max_body:,} bytes expected",
+                            url=redact_url(url))
+                if resp.status >= 300:
+                    resp.close()  # stop sending a body the server refused, drop the connection
+                return resp.status, resp.headers, bytes(body)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise _translate(exc, url, what) from exc
 
 
 async def _short_text(resp: aiohttp.ClientResponse) -> str:

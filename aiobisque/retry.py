@@ -10,6 +10,8 @@ Three questions are asked of a failure, each answered here and nowhere else:
 * :func:`is_permanent`: would *rerunning the whole download* hit the same wall? The bulk
   downloader deletes a useless ``.part`` file and the command line drops its "rerun to
   resume" hint on these.
+* :func:`upload_may_retry`: uploads are not idempotent, so only a failure that proves the
+  server did not take the file (:class:`~aiobisque.UploadNotTakenError`) is sent again.
 
 :class:`RetryPolicy` is the value a user configures; :func:`retrying` turns it into a fresh
 tenacity retry state per request, built from tenacity's own stop and wait pieces (plus
@@ -47,6 +49,7 @@ from aiobisque.errors import (
     SelectionError,
     ServerError,
     TransportError,
+    UploadNotTakenError,
     UsageError,
     require,
 )
@@ -60,6 +63,7 @@ __all__ = [
     "is_permanent",
     "is_transient",
     "retrying",
+    "upload_may_retry",
     "why_stopped",
 ]
 
@@ -193,6 +197,16 @@ def is_permanent(exc: BaseException, policy: RetryPolicy | None = None) -> bool:
     return False
 
 
+def upload_may_retry(exc: BaseException) -> bool:
+    """Whether an upload may be sent again: only when the server provably did not take it.
+
+    A connection that could not be made, or a 503 answered before the body was sent, is an
+    :class:`~aiobisque.UploadNotTakenError`; anything else may have created the resource,
+    and sending it again could make a duplicate.
+    """
+    return isinstance(exc, UploadNotTakenError)
+
+
 def why_stopped(exc: BaseException, policy: RetryPolicy, budget: RetryBudget | None) -> str:
     """Why retrying gave up on ``exc``, for messages.
 
@@ -247,10 +261,12 @@ async def retrying(
     *,
     budget: RetryBudget | None = None,
     on_retry: Callable[[BisqueError, int, float], None] | None = None,
+    retry_if: Callable[[BaseException], bool] | None = None,
 ) -> tuple[T, int]:
     """Run ``attempt`` under a fresh retry state; returns its result and the attempts used.
 
-    Only :func:`is_transient` errors are retried. The last error is re-raised as it is once
+    Only :func:`is_transient` errors are retried (``retry_if``: another of this module's
+    predicates, e.g. :func:`upload_may_retry`). The last error is re-raised as it is once
     the policy gives up (:func:`why_stopped` says why, for messages).
     """
 
@@ -268,7 +284,7 @@ async def retrying(
         wait=_WaitRetryAfter(
             wait_random_exponential(multiplier=policy.backoff_initial, max=policy.backoff_max),
             policy.retry_after_max),
-        retry=retry_if_exception(lambda exc: is_transient(exc, policy)),
+        retry=retry_if_exception(retry_if or (lambda exc: is_transient(exc, policy))),
         before_sleep=before_sleep,
         reraise=True,
     )

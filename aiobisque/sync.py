@@ -151,6 +151,9 @@ class SyncTableService:
     open = _wrapping_twin(TableService.open, SyncRemoteArray)
     load_array = _twin(TableService.load_array)
 
+    store_array = _twin(TableService.store_array)
+    store_table = _twin(TableService.store_table)
+
 
 class Session:
     """Synchronous twin of :class:`~aiobisque.BisqueSession`, connected on creation.

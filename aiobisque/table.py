@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,6 +25,7 @@ from aiobisque.selection import Selection, bqapi_selection, normalize_selection
 
 if TYPE_CHECKING:
     from aiobisque.session import BisqueSession
+    from aiobisque.upload import UploadResult
 
 __all__ = ["RemoteArray", "TableService"]
 
@@ -83,6 +84,60 @@ class TableService:
         arr = await self.open(uniq, path, **options)
         sel = bqapi_selection(slices, arr.shape)
         return await arr._read(sel, out=out, progress=progress, stats=stats, options=options)
+
+    async def store_array(
+        self,
+        /,
+        array: Any,
+        name: str,
+        *,
+        tags: Mapping[str, Any] | None = None,
+        progress: ProgressCallback | None = None,
+        **options: Any,
+    ) -> UploadResult:
+        """Upload ``array`` as a new resource ``NAME.h5`` holding it as node ``/NAME``.
+
+        The file is the one ``bqapi``'s ``store_array`` writes (PyTables, read back with
+        ``load_array(result.uniq, name)``), written block by block to a temporary file and
+        streamed from it. ``tags`` (name -> value) are attached to the resource, with an
+        ``upload_id`` tag identifying this upload. Bool, (u)int, float16-64, complex and
+        fixed-size bytes (``S``) dtypes are stored; byte order becomes native. A login is
+        required. Returns an :class:`~aiobisque.upload.UploadResult` (``.uniq``, ``.uri``).
+
+        Uploads are not idempotent: they are retried only when the server provably did not
+        take the file. :class:`~aiobisque.UploadUncertainError` means the resource may
+        exist (look for its ``upload_id`` before uploading again);
+        :class:`~aiobisque.UploadError` means nothing was stored. Bad input raises
+        :class:`~aiobisque.UsageError` before anything is sent.
+        """
+        from aiobisque import upload
+
+        cfg = self.session.config.for_call(**options)
+        return await upload.store_array(self.session, array, name, tags=tags,
+                                        progress=progress, config=cfg)
+
+    async def store_table(
+        self,
+        /,
+        table: Any,
+        name: str,
+        *,
+        tags: Mapping[str, Any] | None = None,
+        progress: ProgressCallback | None = None,
+        **options: Any,
+    ) -> UploadResult:
+        """Upload a table (numpy structured array or pandas DataFrame) as ``NAME.h5``.
+
+        Stored as a PyTables ``Table`` at node ``/NAME`` (compound rows, compressed), which
+        the table service serves as a table. ``str`` columns are stored UTF-8 encoded as
+        fixed-size bytes; a DataFrame's index is not stored (``reset_index()`` keeps it).
+        Otherwise as :meth:`store_array`.
+        """
+        from aiobisque import upload
+
+        cfg = self.session.config.for_call(**options)
+        return await upload.store_table(self.session, table, name, tags=tags,
+                                        progress=progress, config=cfg)
 
 
 class RemoteArray:

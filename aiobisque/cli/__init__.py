@@ -1,4 +1,4 @@
-"""The ``aiobisque`` command: ``info``, ``download``, ``serve`` and ``demo``.
+"""The ``aiobisque`` command: ``info``, ``download``, ``upload``, ``serve`` and ``demo``.
 
     aiobisque info https://bisque.example.org 00-orJQLiXgqh8K955C6qzhyC
     aiobisque download https://bisque.example.org 00-orJQ... Data/Phases -o phases.h5 \\
@@ -9,7 +9,7 @@ Passwords never come from the command line (it leaks into shell history and proc
 lists): they come from ``BISQUE_PASSWORD``, ``~/.netrc`` (or the file named by ``NETRC``),
 or a prompt. Downloads are out-of-core and resumable (see :mod:`aiobisque.bulk`).
 
-One module per command (``info``, ``download``, ``demo``; ``serve`` is the server's own
+One module per command (``info``, ``download``, ``upload``, ``demo``; ``serve`` is the server's own
 :mod:`aiobisque.server.command`), each with ``add_arguments(parser)`` and ``main(args)``.
 Only the module of the command being run is imported, so ``aiobisque info`` never loads
 the embedded server. Shared pieces: :mod:`~aiobisque.cli.options` (connection options,
@@ -35,6 +35,7 @@ from aiobisque.cli.exits import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_UNCERTAIN,
     EXIT_USAGE,
     CommandError,
     exit_status,
@@ -48,6 +49,7 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "EXIT_UNCERTAIN",
     "EXIT_USAGE",
     "build_parser",
     "main",
@@ -81,6 +83,13 @@ COMMANDS = (
                     "it in memory. Data goes to FILE.part with a journal beside it; rerun the\n"
                     "same command after a failure, Ctrl-C or kill to continue where it stopped.\n"
                     f"ROOT may be left out when ${ROOT_ENV} is set.",
+    ),
+    Command(
+        "upload", "aiobisque.cli.upload", connects=True,
+        help="store a .npy or HDF5 file's array as a new BisQue resource",
+        description="Store the array of a .npy file, or an HDF5 file (or one of its "
+                    "datasets), as a new\nBisQue resource NAME.h5, and print its uniq. "
+                    "A login is required.",
     ),
     Command(
         "serve", "aiobisque.server.command",

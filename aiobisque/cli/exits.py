@@ -16,6 +16,7 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "EXIT_UNCERTAIN",
     "EXIT_USAGE",
     "CommandError",
     "exit_status",
@@ -23,13 +24,10 @@ __all__ = [
 ]
 
 EXIT_OK = 0
-
 EXIT_FAILED = 1  # a download (or info) failed
-
 EXIT_USAGE = 2  # bad arguments (argparse uses 2 too)
-
 EXIT_AUTH = 3  # credentials missing or rejected, or access denied
-
+EXIT_UNCERTAIN = 4  # an upload failed after the server may have stored it
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 
 #: Errors reported as an authentication failure (EXIT_AUTH).

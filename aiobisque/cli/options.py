@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from aiobisque.cli.exits import EXIT_AUTH, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from aiobisque.cli.exits import (
+    EXIT_AUTH,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNCERTAIN,
+    EXIT_USAGE,
+)
 from aiobisque.config import Config, MiB
 
 __all__ = [
@@ -34,6 +41,8 @@ exit status:
      kept; the message says so)
   {EXIT_USAGE}  bad arguments
   {EXIT_AUTH}  authentication failed (credentials missing or rejected, or access denied)
+  {EXIT_UNCERTAIN}  an upload failed after the server may have received the file: look for the
+     resource (the message says how) before uploading again
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
 
 environment:

@@ -1,7 +1,8 @@
 """An embedded, BisQue-compatible table server with fault injection.
 
 It serves the HDF5 files of a folder the way BisQue's table service does (service
-discovery, Basic and Mex auth, ``info``, ranges, ``format:hdf|json|csv|xml``), so aiobisque,
+discovery, Basic and Mex auth, ``info``, ranges, ``format:hdf|json|csv|xml``) and takes
+uploads as BisQue's import service does (``server.imports``), so aiobisque,
 ``bqapi`` and benchmarks can run without a real BisQue, and it misbehaves on demand
 (:class:`FaultPlan`).
 

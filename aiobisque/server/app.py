@@ -35,6 +35,7 @@ from aiohttp import web
 
 from aiobisque.server.export import Body
 from aiobisque.server.faults import FaultDecision, FaultPlan, Link
+from aiobisque.server.imports import ImportService
 from aiobisque.server.stats import DataRecord, ServerStats
 from aiobisque.server.store import Answer, Store, TableQuery
 
@@ -44,7 +45,9 @@ __all__ = ["DEMO_MEX_TOKENS", "DEMO_USERS", "TableServer", "run_server", "serve_
 DEMO_USERS: Mapping[str, str] = MappingProxyType({"alice": "wonderland"})
 DEMO_MEX_TOKENS: Mapping[str, str] = MappingProxyType({"TOKEN123": "alice"})
 
-SERVICES = ("data_service", "auth_service", "blob_service", "image_service", "module_service")
+SERVICES = (
+    "data_service", "auth_service", "blob_service", "image_service", "module_service", "import"
+)
 _SLICE = 1 << 20  # body write size when no bandwidth cap applies
 # set on a request whose status the data path counted itself (before its last byte)
 _STATUS_COUNTED = web.RequestKey("aiobisque_status_counted", bool)
@@ -139,6 +142,7 @@ class TableServer:
         # h5py serialises HDF5 calls on one lock; a few threads still let encoding and
         # socket writes overlap with a read
         self._executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="bisque-table")
+        self.imports = ImportService(self)  # uploads: POST {import}/transfer*
 
     # -- public handle ---------------------------------------------------------------
 
@@ -249,6 +253,9 @@ class TableServer:
         if service == "data_service" and len(rest) == 1 and rest[0]:
             self.stats.requests["data_service"] += 1
             return self._resource(urllib.parse.unquote(rest[0]), user)
+        if service == "import":
+            self.stats.requests["import"] += 1
+            return await self.imports.handle(request, user, rest)
         self.stats.requests["other"] += 1
         if service == "module_service" and rest[:1] == ["mex"]:
             return await self._mex(request, user, rest[1:])
@@ -305,6 +312,7 @@ class TableServer:
             permission="published" if uniq in self.public else "private",
         )
         ET.SubElement(element, "tag", name="size", value=str(stat.st_size))
+        self.imports.describe(uniq, element)
         return _xml(element)
 
     async def _mex(self, request: web.Request, user: str | None, rest: list[str]) -> web.Response:

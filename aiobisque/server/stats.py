@@ -33,7 +33,7 @@ class ServerStats:
     """Counters updated as requests are served.
 
     - ``requests``: by kind (``services``, ``session``, ``login_providers``,
-      ``data_service``, ``info``, ``data``, ``other``);
+      ``data_service``, ``info``, ``data``, ``import``, ``other``);
     - ``statuses``: by status code sent;
     - ``in_flight`` / ``peak_in_flight``: data requests being served now / at most;
     - ``bytes_sent``: data body bytes written;

@@ -266,13 +266,14 @@ class Store:
             sel, columns = self._selection(node, kind, query)
             if columns is not None:
                 headers = columns
-                types = [node.dtype[name].name for name in headers]
+                bools = _bitfield_bools(node)[1]
+                types = ["bool" if name in bools else node.dtype[name].name for name in headers]
                 sizes = [_length(sel[0]), len(headers)]
             else:
                 sizes = [_length(s) for s in sel]
                 dim1 = sel[1] if node.ndim >= 2 else slice(0, 1)
                 headers = [str(i) for i in range(dim1.start, dim1.stop)]
-                types = [node.dtype.name] * len(headers)
+                types = ["bool" if _bitfield_bools(node)[0] else node.dtype.name] * len(headers)
             doc = {
                 "headers": headers,
                 "types": types,
@@ -292,7 +293,7 @@ class Store:
         if node.external or node.is_virtual:
             raise _fail(501, f"{node.name} stores its data in other files; not served")
         sel, columns = self._selection(node, kind, query)
-        array = self._read(node, sel, columns)
+        array = _as_bool(node, self._read(node, sel, columns))
         offset = [s.start for s in sel]
         if query.format == "hdf":
             body = export.hdf_body(array, query.layout)
@@ -337,6 +338,38 @@ class Store:
         if columns is not None and not isinstance(array, np.ndarray):
             array = np.asarray(array)
         return np.asarray(array)
+
+
+def _bitfield_bools(node: h5py.Dataset) -> tuple[bool, frozenset[str]]:
+    """Whether ``node`` (or which of its fields) holds PyTables booleans.
+
+    PyTables stores ``bool`` as an 8-bit HDF5 bitfield, which h5py reads as ``uint8``;
+    BisQue reads these files with PyTables, so it answers ``bool`` (uploaded files and
+    ``bqapi``'s ``store_array`` write them that way).
+    """
+    kind = node.id.get_type()
+
+    def is_bool(t: Any) -> bool:
+        return bool(t.get_class() == h5py.h5t.BITFIELD and t.get_size() == 1)
+
+    if is_bool(kind):
+        return True, frozenset()
+    if kind.get_class() == h5py.h5t.COMPOUND:
+        return False, frozenset(
+            kind.get_member_name(i).decode("utf-8", "replace")
+            for i in range(kind.get_nmembers()) if is_bool(kind.get_member_type(i)))
+    return False, frozenset()
+
+
+def _as_bool(node: h5py.Dataset, array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """``array`` read from ``node`` with PyTables booleans as ``bool``."""
+    whole, fields = _bitfield_bools(node)
+    if whole:
+        return array.view(np.bool_)
+    if fields and array.dtype.names:
+        names = array.dtype.names
+        return array.astype([(n, np.bool_ if n in fields else array.dtype[n]) for n in names])
+    return array
 
 
 def _length(selected: slice) -> int:
