@@ -36,14 +36,14 @@ from aiobisque.server.routes import (
     Call,
     Route,
     Router,
+    any_segment,
     exact,
-    nonempty_first,
     single,
     text_response,
 )
 from aiobisque.server.sending import BodySender
 from aiobisque.server.stats import DataOutcome, ServerStats
-from aiobisque.server.store import Answer, Store, TableQuery
+from aiobisque.server.store import Answer, Limits, Store, TableQuery
 
 __all__ = ["DEMO_MEX_TOKENS", "DEMO_USERS", "TableServer", "run_server", "serve_in_thread"]
 
@@ -87,7 +87,9 @@ class TableServer:
         table_service: str,
         service_prefix: str,
         hdf_layout: str,
+        limits: Limits | None = None,
     ) -> None:
+        limits = limits or Limits()
         if hdf_layout not in ("contiguous", "chunked"):
             raise ValueError(f"hdf_layout must be 'contiguous' or 'chunked', got {hdf_layout!r}")
         if not table_service or "/" in table_service:
@@ -109,7 +111,10 @@ class TableServer:
         # h5py serialises HDF5 calls on one lock; a few threads still let encoding and
         # socket writes overlap with a read
         self._executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="bisque-table")
-        self.router = Router(self.prefix, self.stats, self.auth, listed=SERVICES)
+        self.limits = limits
+        self.router = Router(
+            self.prefix, self.stats, self.auth, listed=SERVICES, latency=self._latency
+        )
         self.router.add(
             Route(None, exact("services"), "services", self._services, login=False),
             Route("auth_service", exact("session"), "session", self._session, login=False),
@@ -120,7 +125,7 @@ class TableServer:
                 self._login_providers,
                 login=False,
             ),
-            Route(table_service, nonempty_first, _table_kind, self._table),
+            Route(table_service, any_segment, _table_kind, self._table),
             Route("data_service", single, "data_service", self._resource),
             Route("module_service", lambda rest: rest[:1] == ["mex"], "other", self._mex),
         )
@@ -138,6 +143,9 @@ class TableServer:
             raise TypeError("faults must be a FaultPlan")
         self._faults = plan
         self._data_seq = 0
+
+    def _latency(self) -> float:
+        return self._faults.latency
 
     @property
     def users(self) -> dict[str, str]:
@@ -245,17 +253,43 @@ class TableServer:
 
     # -- table service -----------------------------------------------------------------
 
+    def _table_file(self, uniq: str, user: str | None) -> Path | web.Response:
+        """The file for ``uniq``, or BisQue's refusal: 401/403, also for no such resource.
+
+        (BisQue's table service asks the data service for the resource, which answers
+        nothing both for a missing resource and for one the user may not read.)
+        """
+        file = self.store.locate(uniq)
+        denied = self.rules.missing(user) if file is None else self.rules.check(uniq, user)
+        if denied is not None:
+            return self._plain(Answer.error(denied.status, denied.reason))
+        assert file is not None
+        return file
+
+    def _query(self, call: Call) -> tuple[str, TableQuery]:
+        """The uniq and the rest of a table path, split as BisQue splits it.
+
+        BisQue reads the path *with* its query string, so ``?x=1`` sticks to the last
+        element (``format:hdf?x=1`` is then an unknown format); empty elements are dropped.
+        """
+        raw = list(call.rest)
+        query_string = call.request.rel_url.raw_query_string
+        if query_string:
+            raw[-1] += "?" + query_string
+        components = [urllib.parse.unquote(part) for part in raw if part]
+        query = TableQuery(
+            components[1:], url=str(call.request.url), layout=self.hdf_layout, limits=self.limits
+        )
+        return components[0], query
+
     async def _table(self, call: Call) -> web.StreamResponse:
-        request, user = call.request, call.user
-        components = [urllib.parse.unquote(part) for part in call.rest]
-        query = TableQuery(components[1:], request.headers.get("Accept", ""), self.hdf_layout)
+        uniq, query = self._query(call)
         if query.wants_info:
-            file = self._readable(components[0], user)
+            file = self._table_file(uniq, call.user)
             if isinstance(file, web.Response):
                 return file
-            answer = await self._answer(file, query)
-            return self._plain(answer)
-        return await self._data(request, user, components[0], query)
+            return self._plain(await self._answer(file, query))
+        return await self._data(call.request, call.user, uniq, query)
 
     async def _answer(self, file: Any, query: TableQuery) -> Answer:
         loop = asyncio.get_running_loop()
@@ -279,9 +313,6 @@ class TableServer:
         outcome = DataOutcome(stats, (uniq, *query.components), query)
         request[STATUS_COUNTED] = True
         try:
-            if plan.latency:
-                stats.fault("latency")
-                await asyncio.sleep(plan.latency)
             response = await self._data_response(
                 request, user, uniq, query, plan, decision, outcome
             )
@@ -302,7 +333,7 @@ class TableServer:
         decision: Any,
         outcome: DataOutcome,
     ) -> web.StreamResponse:
-        file = self._readable(uniq, user)
+        file = self._table_file(uniq, user)
         if isinstance(file, web.Response):
             return file
         if decision.kind in ("error", "throttle"):

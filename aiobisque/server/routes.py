@@ -12,6 +12,7 @@ service is adding routes: :meth:`Router.add`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -20,7 +21,7 @@ from aiohttp import web
 from aiobisque.server.auth import Authenticator, AuthFailed
 from aiobisque.server.stats import ServerStats
 
-__all__ = ["Call", "Route", "Router", "exact", "nonempty_first", "single"]
+__all__ = ["Call", "Route", "Router", "any_segment", "exact", "single"]
 
 # set on a request whose status its handler counted itself (before its last byte)
 STATUS_COUNTED = web.RequestKey("aiobisque_status_counted", bool)
@@ -45,9 +46,9 @@ def exact(*segments: str) -> Matcher:
     return lambda rest: rest in (want, [*want, ""])
 
 
-def nonempty_first(rest: list[str]) -> bool:
-    """Match any path whose first segment is not empty (``{uniq}/...``)."""
-    return bool(rest) and bool(rest[0])
+def any_segment(rest: list[str]) -> bool:
+    """Match any path with a non-empty segment (BisQue drops empty ones: ``//x`` is ``x``)."""
+    return any(rest)
 
 
 def single(rest: list[str]) -> bool:
@@ -78,6 +79,8 @@ class Router:
     auth: Authenticator
     # services that exist on a real BisQue but that this server only lists (501)
     listed: Sequence[str] = ()
+    # seconds every request waits before it is answered (a WAN's round trip)
+    latency: Callable[[], float] = lambda: 0.0
     routes: list[Route] = field(default_factory=list)
 
     def add(self, *routes: Route) -> None:
@@ -86,6 +89,12 @@ class Router:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The one aiohttp handler."""
+        delay = self.latency()
+        if delay:
+            # every request pays the link's latency, as on a real WAN (service discovery,
+            # the session check and info too, not only data)
+            self.stats.fault("latency")
+            await asyncio.sleep(delay)
         response = await self._dispatch(request)
         if not request.get(STATUS_COUNTED):
             # aiohttp writes a plain response after this returns, so it is counted in time
