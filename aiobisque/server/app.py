@@ -30,6 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from aiobisque.server.auth import AccessRules, Authenticator, Refusal
+from aiobisque.server.connections import GuardedRunner
 from aiobisque.server.faults import FaultPlan
 from aiobisque.server.routes import (
     STATUS_COUNTED,
@@ -43,7 +44,7 @@ from aiobisque.server.routes import (
 )
 from aiobisque.server.sending import BodySender
 from aiobisque.server.stats import DataOutcome, ServerStats
-from aiobisque.server.store import Answer, Limits, Store, TableQuery
+from aiobisque.server.store import Answer, Limits, MemoryBudget, Store, TableQuery
 
 __all__ = ["DEMO_MEX_TOKENS", "DEMO_USERS", "TableServer", "run_server", "serve_in_thread"]
 
@@ -52,6 +53,14 @@ DEMO_USERS: Mapping[str, str] = MappingProxyType({"alice": "wonderland"})
 DEMO_MEX_TOKENS: Mapping[str, str] = MappingProxyType({"TOKEN123": "alice"})
 
 SERVICES = ("data_service", "auth_service", "blob_service", "image_service", "module_service")
+
+
+# what a real server answers when its exporter finds array.h5 already open
+_HDF_CLASH = Answer.error(
+    500,
+    "ValueError: The file 'array.h5' is already opened. Please close it before reopening"
+    " in write mode.",
+)
 
 
 def _xml(element: ET.Element) -> web.Response:
@@ -106,12 +115,14 @@ class TableServer:
         self.root = ""
         self._faults = faults
         self._data_seq = 0
+        self._hdf_exports = 0  # format:hdf answers being built or sent now
         self._closing = asyncio.Event()
         self.sender = BodySender(self.stats, self._closing)
         # h5py serialises HDF5 calls on one lock; a few threads still let encoding and
         # socket writes overlap with a read
         self._executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="bisque-table")
         self.limits = limits
+        self.budget = MemoryBudget(limits.total_bytes)
         self.router = Router(
             self.prefix, self.stats, self.auth, listed=SERVICES, latency=self._latency
         )
@@ -278,7 +289,11 @@ class TableServer:
             raw[-1] += "?" + query_string
         components = [urllib.parse.unquote(part) for part in raw if part]
         query = TableQuery(
-            components[1:], url=str(call.request.url), layout=self.hdf_layout, limits=self.limits
+            components[1:],
+            url=str(call.request.url),
+            layout=self.hdf_layout,
+            limits=self.limits,
+            budget=self.budget,
         )
         return components[0], query
 
@@ -288,17 +303,30 @@ class TableServer:
             file = self._table_file(uniq, call.user)
             if isinstance(file, web.Response):
                 return file
-            return self._plain(await self._answer(file, query))
-        return await self._data(call.request, call.user, uniq, query)
+            try:
+                return self._plain(await self._answer(file, query))
+            finally:
+                query.release()
+        try:
+            return await self._data(call.request, call.user, uniq, query)
+        finally:
+            # the body has been sent (or given up): its bytes may go
+            query.release()
 
     async def _answer(self, file: Any, query: TableQuery) -> Answer:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.store.answer, file, query)
+        future = loop.run_in_executor(self._executor, self.store.answer, file, query)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # the worker thread goes on and may still take budget: give it back after
+            future.add_done_callback(lambda _: query.release())
+            raise
 
     @staticmethod
     def _plain(answer: Answer) -> web.Response:
         body = b"".join(bytes(part) for part in answer.body.parts)
-        response = web.Response(status=answer.status, body=body)
+        response = web.Response(status=answer.status, body=body, headers=dict(answer.headers))
         response.headers["Content-Type"] = answer.body.content_type
         return response
 
@@ -342,6 +370,28 @@ class TableServer:
             if decision.kind == "error":
                 return text_response(decision.status, "injected error")
             return text_response(429, "slow down", {"Retry-After": plan.retry_after})
+        if query.requested_format == "hdf":
+            if plan.hdf_name_clash and self._hdf_exports:
+                self.stats.fault("hdf_clash")
+                outcome.fault = "hdf_clash"
+                query.format = "hdf"
+                return self._plain(_HDF_CLASH)
+            self._hdf_exports += 1
+            try:
+                return await self._export(request, file, query, plan, decision, outcome)
+            finally:
+                self._hdf_exports -= 1
+        return await self._export(request, file, query, plan, decision, outcome)
+
+    async def _export(
+        self,
+        request: web.Request,
+        file: Path,
+        query: TableQuery,
+        plan: FaultPlan,
+        decision: Any,
+        outcome: DataOutcome,
+    ) -> web.StreamResponse:
         answer = await self._answer(file, query)
         if answer.status != 200 or not answer.data:
             return self._plain(answer)
@@ -376,6 +426,8 @@ async def run_server(
     service_prefix: str = "",
     hdf_layout: str = "contiguous",
     keepalive_timeout: float = 75.0,
+    header_timeout: float = 20.0,
+    limits: Limits | None = None,
 ) -> AsyncIterator[TableServer]:
     """Serve ``folder`` on ``host:port`` (0: a free port) for the duration of the block.
 
@@ -392,6 +444,11 @@ async def run_server(
         service_prefix: a path prefix for every service (``/services`` stays at the root).
         hdf_layout: ``"chunked"`` serves gzip-compressed chunked images instead.
         keepalive_timeout: seconds an idle connection is kept open.
+        header_timeout: seconds a new connection may take to send its request headers
+            before it is closed (stuck clients cannot hold every file descriptor).
+        limits: memory bounds (:class:`~aiobisque.server.store.Limits`): the most array
+            data one text-format answer may render, one request may read, and all data
+            requests together may hold. Beyond them: 413, or 503 after a wait.
 
     Example::
 
@@ -410,11 +467,13 @@ async def run_server(
         table_service=table_service,
         service_prefix=service_prefix,
         hdf_layout=hdf_layout,
+        limits=limits,
     )
     app = web.Application(client_max_size=1 << 20)
     app.router.add_route("*", "/{tail:.*}", server.handle)
-    runner = web.AppRunner(
+    runner = GuardedRunner(
         app,
+        header_timeout=header_timeout,
         handle_signals=False,
         access_log=None,
         keepalive_timeout=keepalive_timeout,

@@ -7,7 +7,8 @@ in". A resource a user may not read is reported like one that does not exist: 40
 anonymous request, 403 to a logged-in one (BisQue's ``check_access`` cannot tell the two
 apart, so neither can a client).
 
-Passwords and tokens are compared in constant time.
+Passwords and tokens are compared as UTF-8 bytes in constant time, so any Unicode login
+works (``hmac.compare_digest`` raises on non-ASCII ``str``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ class AuthFailed(Exception):
 
 
 def _same(expected: str, given: str) -> bool:
-    return hmac.compare_digest(expected, given)
+    # compare_digest refuses non-ASCII str; as UTF-8 bytes every login compares
+    return hmac.compare_digest(expected.encode("utf-8"), given.encode("utf-8"))
 
 
 class Authenticator:
@@ -47,9 +49,13 @@ class Authenticator:
         value = value.strip()
         if scheme.lower() == "basic":
             try:
-                decoded = base64.b64decode(value, validate=True).decode("utf-8")
-            except (binascii.Error, UnicodeDecodeError):
+                raw = base64.b64decode(value, validate=True)
+            except binascii.Error:
                 raise AuthFailed from None
+            try:
+                decoded = raw.decode("utf-8")
+            except UnicodeDecodeError:  # requests and aiohttp send Latin-1 by default
+                decoded = raw.decode("latin-1")
             name, sep, password = decoded.partition(":")
             expected = self.users.get(name)
             if sep and expected is not None and _same(expected, password):

@@ -33,7 +33,16 @@ from aiobisque.server.export import Body
 from aiobisque.server.formats import FORMATS, BadRequest, export_data, export_info
 from aiobisque.server.query import ParseError, parse_aggregates, parse_filter
 
-__all__ = ["SUFFIXES", "TEXT_FORMATS", "Answer", "Limits", "Store", "TableQuery"]
+__all__ = [
+    "SUFFIXES",
+    "TEXT_FORMATS",
+    "Answer",
+    "Busy",
+    "Limits",
+    "MemoryBudget",
+    "Store",
+    "TableQuery",
+]
 
 SUFFIXES = (".h5", ".hdf5", ".dream3d", ".h5ebsd")
 _UNIQ = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}")
@@ -67,24 +76,63 @@ class Answer:
     status: int
     body: Body
     data: bool = False
+    headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def error(cls, status: int, message: str) -> Answer:
-        """An HTML error page."""
-        return cls(status, error_page(status, message))
+    def error(cls, status: int, message: str, **headers: str) -> Answer:
+        """An HTML error page (``Retry_After="5"`` becomes a ``Retry-After`` header)."""
+        pairs = tuple((k.replace("_", "-"), v) for k, v in headers.items())
+        return cls(status, error_page(status, message), headers=pairs)
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may make this server hold (a real BisQue has no such bound).
+    """What requests may make this server hold (a real BisQue has no such bound).
 
-    ``text_bytes``: the most array data a text format (json, extjs, csv, xml) may render,
-    since text costs 5-20 times the binary size; ``request_bytes``: the most any one data
-    request may read. Beyond either: 413 with a message saying so.
+    ``text_bytes``: the most array data one text format (json, extjs, csv, xml) answer may
+    render, since text and its Python objects cost 10-30 times the binary size;
+    ``total_bytes``: the most array data all data requests together may hold until their
+    bodies are sent (also the most one request may read). A request beyond either answers
+    413 with a message saying so; one that fits but finds the budget taken waits up to
+    ``wait_seconds``, then answers 503 with ``Retry-After``.
     """
 
-    text_bytes: int = 64 << 20
-    request_bytes: int = 2 << 30
+    text_bytes: int = 16 << 20
+    total_bytes: int = 1 << 30
+    wait_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.text_bytes <= 0 or self.total_bytes <= 0 or self.wait_seconds < 0:
+            raise ValueError("limits must be positive")
+
+
+class Busy(Exception):
+    """The memory budget stayed taken for the whole wait (answered 503)."""
+
+
+class MemoryBudget:
+    """Bytes of array data held by data requests, shared by the worker threads."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, nbytes: int, wait: float) -> None:
+        """Hold ``nbytes`` (blocks up to ``wait`` seconds; raises :class:`Busy`)."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.used + nbytes <= self.total, wait):
+                raise Busy(f"{self.used} of {self.total} bytes are held by other requests")
+            self.used += nbytes
+            self.peak = max(self.peak, self.used)
+
+    def release(self, nbytes: int) -> None:
+        """Give back what :meth:`acquire` took."""
+        if nbytes:
+            with self._cond:
+                self.used -= nbytes
+                self._cond.notify_all()
 
 
 @dataclass
@@ -99,9 +147,17 @@ class TableQuery:
     url: str = ""
     layout: str = "contiguous"
     limits: Limits = field(default_factory=Limits)
+    budget: MemoryBudget | None = None
+    reserved: int = 0  # bytes taken from ``budget``: the caller gives them back
     path: str = "/"
     range: str | None = None
     format: str = ""
+
+    def release(self) -> None:
+        """Give back the bytes this request holds (idempotent)."""
+        if self.budget is not None:
+            self.budget.release(self.reserved)
+        self.reserved = 0
 
     @property
     def wants_info(self) -> bool:
@@ -205,6 +261,8 @@ class Store:
             return Answer.error(400, str(exc))
         except TooLarge as exc:
             return Answer.error(413, str(exc))
+        except Busy as exc:
+            return Answer.error(503, f"Server busy: {exc}; retry later", Retry_After="5")
         except (Internal, KeyError) as exc:
             return Answer.error(500, f"Internal error: {exc}")
 
@@ -226,7 +284,7 @@ class Store:
             raise _fail(501, f"{query.path} stores its data in other files; not served")
         wanted = query.requested_format
         query.format = wanted or ""
-        limit = functools.partial(_check_size, query.limits, wanted)
+        limit = functools.partial(_check_size, query, wanted)
         ops = list(components[end:])
         # BisQue's op loop, index quirk included: special ops (info, format) are stepped
         # over, every other element is applied and then the *first* element is dropped
@@ -298,14 +356,19 @@ class Store:
             return None
 
 
-def _check_size(limits: Limits, fmt: str | None, nbytes: int) -> None:
-    if fmt in TEXT_FORMATS and nbytes > limits.text_bytes:
+def _check_size(query: TableQuery, fmt: str | None, nbytes: int) -> None:
+    """Refuse (413) or hold (maybe waiting) ``nbytes`` about to be read for ``query``."""
+    limits = query.limits
+    if fmt in TEXT_FORMATS and query.reserved + nbytes > limits.text_bytes:
         raise TooLarge(
-            f"the selection holds {nbytes} bytes; format:{fmt} is served up to "
-            f"{limits.text_bytes} bytes here (ask format:hdf, or a smaller range)"
+            f"the selection holds {query.reserved + nbytes} bytes; format:{fmt} is served "
+            f"up to {limits.text_bytes} bytes here (ask format:hdf, or a smaller range)"
         )
-    if nbytes > limits.request_bytes:
+    if query.reserved + nbytes > limits.total_bytes:
         raise TooLarge(
-            f"the selection holds {nbytes} bytes; one request may read up to "
-            f"{limits.request_bytes} bytes here (ask a smaller range)"
+            f"the selection holds {query.reserved + nbytes} bytes; one request may read up "
+            f"to {limits.total_bytes} bytes here (ask a smaller range)"
         )
+    if query.budget is not None:
+        query.budget.acquire(nbytes, limits.wait_seconds)
+    query.reserved += nbytes
