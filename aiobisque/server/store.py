@@ -161,8 +161,13 @@ class TableQuery:
 
     @property
     def wants_info(self) -> bool:
-        """True when BisQue would answer metadata (an element containing ``info``)."""
-        return any("info" in c for c in self.components)
+        """True when this names the ``info`` op (decided before the file is open).
+
+        BisQue itself looks for ``info`` inside any element left after the HDF path, which
+        only the open file can tell; :meth:`Store.answer` follows that rule. This early
+        guess (for stats, faults and budgets) only counts an element that is the op.
+        """
+        return any(c.partition(":")[0] == "info" for c in self.components)
 
     @property
     def requested_format(self) -> str | None:
@@ -280,7 +285,7 @@ class Store:
         listing = self._listing(node, kind)
         result = node_result(node, query.path, listing, _meta(node, kind))
         external = isinstance(node, h5py.Dataset) and (node.external or node.is_virtual)
-        if external and not query.wants_info:
+        if external and not any("info" in e for e in components[end:]):
             raise _fail(501, f"{query.path} stores its data in other files; not served")
         wanted = query.requested_format
         query.format = wanted or ""
