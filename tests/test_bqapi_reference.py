@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import pytest
 
@@ -13,12 +14,33 @@ from aiobisque.server import TableServer, samples, serve_in_thread
 
 bqapi = pytest.importorskip("bqapi")
 
+# every numeric dtype, both byte orders where they exist
+DTYPES = [
+    "|i1", "|u1", "<i2", ">i2", "<u2", "<i4", ">i4", "<u4", "<i8", ">u8",
+    "<f2", "<f4", ">f4", "<f8", ">f8", "<c8", ">c16",
+]  # fmt: skip
+BYTE_ORDER = {"|": "na", "<": "le", ">": "be"}
+NUMBERS = np.array([(1, 0.5), (2, 1.5), (3, 2.5)], dtype=[("id", "<i4"), ("x", "<f8")])
+
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("bqapi")
     samples.write_seed(folder)
     samples.write_array(folder, "vol", "volumes/big endian", (6, 7, 8), dtype=">f8", seed=2)
+    for dtype in DTYPES:
+        samples.write_array(
+            folder,
+            "types",
+            f"a_{np.dtype(dtype).str[1:]}_{BYTE_ORDER[dtype[0]]}",
+            (3, 4),
+            dtype=dtype,
+            seed=5,
+        )
+    samples.write_array(folder, "types", "one_d", np.arange(7, dtype=np.uint16))
+    samples.write_array(folder, "types", "flags", np.array([[True, False], [False, True]]))
+    with h5py.File(folder / "tab.h5", "w") as h5:
+        h5["numbers"] = NUMBERS
     return folder
 
 
@@ -84,3 +106,27 @@ def test_requests_seen_by_the_server(server: TableServer, session: Any) -> None:
     # bqapi asks info for the rank, then fetches everything in one request
     assert server.stats.requests == {"info": 1, "data": 1}
     assert [r.range for r in server.stats.data_log] == ["0;0,;,;,;"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_dtype_reads_back_equal_in_native_order(
+    session: Any, folder: Path, dtype: str
+) -> None:
+    name = f"a_{np.dtype(dtype).str[1:]}_{BYTE_ORDER[dtype[0]]}"
+    got = session.service("table").load_array("types", name)
+    expected = samples.expected(folder / "types.h5", name)
+    assert got.dtype == expected.dtype.newbyteorder("=")  # PyTables writes native order
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("name", ["one_d", "flags"])
+def test_one_d_and_bool_arrays(session: Any, folder: Path, name: str) -> None:
+    got = session.service("table").load_array("types", name)
+    np.testing.assert_array_equal(got, samples.expected(folder / "types.h5", name))
+
+
+def test_a_numeric_table_reads_as_a_2d_array(session: Any) -> None:
+    # as from a real server: DataFrame.values, the common type of the columns
+    got = session.service("table").load_array("tab", "numbers")
+    assert got.dtype == np.float64 and got.shape == (3, 2)
+    np.testing.assert_array_equal(got, np.array([[1, 0.5], [2, 1.5], [3, 2.5]]))

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -133,3 +134,49 @@ def test_serve_prints_one_line_and_stops_cleanly(tmp_path: Path, signum: int) ->
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+def test_help_describes_a_faithful_stand_in_and_its_bounds(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = argparse.ArgumentParser(prog="aiobisque serve")
+    add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "faithful stand-in" in text and "Intentional differences" in text
+    for option in ("--text-limit BYTES", "--memory-limit BYTES", "--memory-wait SECONDS",
+                   "--header-timeout SECONDS", "--hdf-name-clash"):  # fmt: skip
+        assert option in text
+    assert "413" in text and "503" in text
+
+
+def test_bound_and_clash_options(tmp_path: Path) -> None:
+    args = parse(str(tmp_path), "--text-limit", "1KiB", "--memory-limit", "2MB",
+                 "--memory-wait", "3", "--header-timeout", "4", "--hdf-name-clash")  # fmt: skip
+    assert (args.text_limit, args.memory_limit, args.memory_wait) == (1024, 2e6, 3)
+    assert args.header_timeout == 4
+    assert plan_from_args(args).hdf_name_clash is True
+    assert plan_from_args(parse(str(tmp_path))).hdf_name_clash is False
+
+
+def test_serve_applies_the_text_limit(tmp_path: Path) -> None:
+    samples.write_array(tmp_path, "vol", "v", (64, 64), dtype="<f4")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), *sys.path])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aiobisque.server", str(tmp_path), "--public", "vol",
+         "--text-limit", "4KiB"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        root = process.stdout.readline().split()[1]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{root}/table/vol/v/;,;/format:json", timeout=10)
+        assert refused.value.code == 413
+        refused.value.close()
+        with urllib.request.urlopen(f"{root}/table/vol/v/0,;/format:json", timeout=10) as r:
+            assert r.status == 200
+    finally:
+        process.terminate()
+        process.communicate(timeout=15)

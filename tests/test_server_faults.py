@@ -39,8 +39,9 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-def data_url(server: TableServer, rows: str = "") -> str:
-    return server.table_url + f"vol/v/{rows}/format:hdf"
+def data_url(server: TableServer, rows: str = ";") -> str:
+    # every dimension named: a real server pins missing ones to index 0
+    return server.table_url + f"vol/v/{rows},;/format:hdf"
 
 
 async def fetch(http: aiohttp.ClientSession, url: str, **kwargs: Any) -> tuple[int, bytes, Any]:
@@ -116,12 +117,25 @@ async def test_error_rate_picks_among_statuses(server: TableServer, http: Any) -
 
 
 async def test_faults_spare_info_and_other_requests(server: TableServer, http: Any) -> None:
-    server.faults = FaultPlan(error_rate=1.0, latency=0.5)
-    started = time.monotonic()
+    server.faults = FaultPlan(error_rate=1.0)
     status, _, _ = await fetch(http, server.table_url + "vol/v/info/format:json")
     assert status == 200
     assert (await fetch(http, server.root + "/services"))[0] == 200
-    assert time.monotonic() - started < 0.4
+    assert server.stats.faults["error"] == 0
+
+
+async def test_latency_applies_to_every_request(server: TableServer, http: Any) -> None:
+    # a WAN delays service discovery, the session check and info as much as data
+    server.faults = FaultPlan(latency=0.2)
+    for url in (
+        server.root + "/services",
+        server.service_url("auth_service") + "session",
+        server.table_url + "vol/v/info/format:json",
+    ):
+        started = time.monotonic()
+        assert (await fetch(http, url))[0] == 200
+        assert 0.2 <= time.monotonic() - started < 0.6
+    assert server.stats.faults["latency"] == 3
 
 
 async def test_throttle_sends_retry_after(server: TableServer, http: Any) -> None:

@@ -12,7 +12,17 @@ uploads as BisQue's import service does (``server.imports``), so aiobisque,
 """
 
 from aiobisque.server import samples
-from aiobisque.server.app import TableServer, run_server, serve_in_thread
+from aiobisque.server.app import (
+    DEMO_MEX_TOKENS as DEMO_MEX_TOKENS,  # the demo logins: importable, not documented API
+)
+from aiobisque.server.app import (
+    DEMO_USERS as DEMO_USERS,
+)
+from aiobisque.server.app import (
+    TableServer,
+    run_server,
+    serve_in_thread,
+)
 from aiobisque.server.faults import FaultDecision, FaultPlan, parse_size
 from aiobisque.server.stats import DataRecord, ServerStats
 

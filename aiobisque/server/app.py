@@ -1,29 +1,25 @@
-"""The embedded BisQue-compatible server: an aiohttp app, its runner and a thread wrapper.
+"""The embedded BisQue-compatible server: its services, its runner and a thread wrapper.
 
 :func:`run_server` starts it on the running loop; :func:`serve_in_thread` on a private loop
 in a daemon thread (for synchronous clients such as ``bqapi``). Both yield a
 :class:`TableServer` handle with the root URL, live :class:`ServerStats` and a replaceable
 :class:`FaultPlan`.
 
-Every URL is parsed from the raw (still percent-encoded) path, split on ``/`` first and
-unquoted per component, so ``%2F`` inside a name never becomes a separator.
+The pieces: :mod:`~aiobisque.server.routes` (the route table and the one place requests
+are counted), :mod:`~aiobisque.server.auth` (logins and access rules),
+:mod:`~aiobisque.server.store` (what a table path answers), and
+:mod:`~aiobisque.server.sending` (pacing and injected faults on the wire).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import concurrent.futures
 import contextlib
 import datetime
-import hmac
 import os
 import secrets
-import socket
-import struct
 import threading
-import time
 import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
@@ -33,11 +29,23 @@ from typing import Any
 
 from aiohttp import web
 
-from aiobisque.server.export import Body
-from aiobisque.server.faults import FaultDecision, FaultPlan, Link
+from aiobisque.server.auth import AccessRules, Authenticator, Refusal
+from aiobisque.server.connections import GuardedRunner
+from aiobisque.server.faults import FaultPlan
 from aiobisque.server.imports import ImportService
-from aiobisque.server.stats import DataRecord, ServerStats
-from aiobisque.server.store import Answer, Store, TableQuery
+from aiobisque.server.routes import (
+    STATUS_COUNTED,
+    Call,
+    Route,
+    Router,
+    any_segment,
+    exact,
+    single,
+    text_response,
+)
+from aiobisque.server.sending import BodySender
+from aiobisque.server.stats import DataOutcome, ServerStats
+from aiobisque.server.store import Answer, Limits, MemoryBudget, Store, TableQuery
 
 __all__ = ["DEMO_MEX_TOKENS", "DEMO_USERS", "TableServer", "run_server", "serve_in_thread"]
 
@@ -48,51 +56,23 @@ DEMO_MEX_TOKENS: Mapping[str, str] = MappingProxyType({"TOKEN123": "alice"})
 SERVICES = (
     "data_service", "auth_service", "blob_service", "image_service", "module_service", "import"
 )
-_SLICE = 1 << 20  # body write size when no bandwidth cap applies
-# set on a request whose status the data path counted itself (before its last byte)
-_STATUS_COUNTED = web.RequestKey("aiobisque_status_counted", bool)
+
+
+# what a real server answers when its exporter finds array.h5 already open
+_HDF_CLASH = Answer.error(
+    500,
+    "ValueError: The file 'array.h5' is already opened. Please close it before reopening"
+    " in write mode.",
+)
 
 
 def _xml(element: ET.Element) -> web.Response:
     return web.Response(text=ET.tostring(element, encoding="unicode"), content_type="text/xml")
 
 
-def _text(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, text=message + "\n", headers=headers)
-
-
-class _AuthFailed(Exception):
-    """Credentials were sent and are wrong."""
-
-
-class _DataOutcome:
-    """How one data request ended, kept in the stats exactly once.
-
-    Kept *before* the response's last byte (or the cut that ends a faulty one) is handed
-    to the transport: a client that has the whole response must find it in the stats,
-    even when it runs on another thread than the server.
-    """
-
-    def __init__(self, stats: ServerStats, query: TableQuery) -> None:
-        self.stats = stats
-        self.query = query
-        self.started = time.monotonic()
-        self.status = 500
-        self.fault: str | None = None
-        self.kept = False
-
-    def keep(self, *, sent: bool = True) -> None:
-        """Log the request (and count its status when ``sent``); later calls do nothing."""
-        if self.kept:
-            return
-        self.kept = True
-        if sent:
-            self.stats.statuses[self.status] += 1
-        query, end = self.query, time.monotonic()
-        record = DataRecord(
-            query.range, query.path, query.format, self.status, self.fault, self.started, end
-        )
-        self.stats.leave(record)
+def _refused(refusal: Refusal) -> web.Response:
+    headers = {"WWW-Authenticate": 'Basic realm="bisque"'} if refusal.status == 401 else None
+    return text_response(refusal.status, refusal.reason, headers)
 
 
 class TableServer:
@@ -119,29 +99,51 @@ class TableServer:
         table_service: str,
         service_prefix: str,
         hdf_layout: str,
+        limits: Limits | None = None,
     ) -> None:
+        limits = limits or Limits()
         if hdf_layout not in ("contiguous", "chunked"):
             raise ValueError(f"hdf_layout must be 'contiguous' or 'chunked', got {hdf_layout!r}")
         if not table_service or "/" in table_service:
             raise ValueError(f"bad table service name {table_service!r}")
         self.store = Store(folder)
         self.folder = self.store.folder
-        self.users = dict(users)
         self.mex_tokens = dict(mex_tokens)
-        self.public = frozenset(public)
-        self.access = {uniq: frozenset(names) for uniq, names in access.items()}
+        self.auth = Authenticator(users, self.mex_tokens)
+        self.rules = AccessRules(public, access)
         self.table_service = table_service
         self.prefix = [p for p in service_prefix.split("/") if p]
         self.hdf_layout = hdf_layout
         self.stats = ServerStats()
         self.root = ""
         self._faults = faults
-        self._link: Link | None = None
         self._data_seq = 0
+        self._hdf_exports = 0  # format:hdf answers being built or sent now
         self._closing = asyncio.Event()
+        self.sender = BodySender(self.stats, self._closing)
         # h5py serialises HDF5 calls on one lock; a few threads still let encoding and
         # socket writes overlap with a read
         self._executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="bisque-table")
+        self.limits = limits
+        self.budget = MemoryBudget(limits.total_bytes)
+        self.router = Router(
+            self.prefix, self.stats, self.auth, listed=SERVICES, latency=self._latency
+        )
+        self.router.add(
+            Route(None, exact("services"), "services", self._services, login=False),
+            Route("auth_service", exact("session"), "session", self._session, login=False),
+            Route(
+                "auth_service",
+                exact("login_providers"),
+                "login_providers",
+                self._login_providers,
+                login=False,
+            ),
+            Route(table_service, any_segment, _table_kind, self._table),
+            Route("data_service", single, "data_service", self._resource),
+            Route("module_service", lambda rest: rest[:1] == ["mex"], "other", self._mex),
+            Route("import", lambda rest: True, "import", self._import),  # any transfer* name
+        )
         self.imports = ImportService(self)  # uploads: POST {import}/transfer*
 
     # -- public handle ---------------------------------------------------------------
@@ -158,6 +160,19 @@ class TableServer:
         self._faults = plan
         self._data_seq = 0
 
+    def _latency(self) -> float:
+        return self._faults.latency
+
+    @property
+    def users(self) -> dict[str, str]:
+        """Basic-auth names and passwords."""
+        return self.auth.users
+
+    @property
+    def public(self) -> frozenset[str]:
+        """Uniqs readable anonymously."""
+        return self.rules.public
+
     def service_url(self, name: str) -> str:
         """The absolute base URL (ending in ``/``) of a service, as ``/services`` lists it."""
         return "/".join([self.root, *self.prefix, name]) + "/"
@@ -170,112 +185,30 @@ class TableServer:
     def __repr__(self) -> str:
         return f"TableServer(root={self.root!r}, folder={str(self.folder)!r})"
 
-    # -- auth --------------------------------------------------------------------------
-
-    def _user(self, request: web.Request) -> str | None:
-        """The authenticated user, ``None`` when anonymous; raises on wrong credentials."""
-        header = request.headers.get("Authorization")
-        if not header:
-            return None
-        scheme, _, value = header.strip().partition(" ")
-        value = value.strip()
-        if scheme.lower() == "basic":
-            try:
-                name, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
-            except (binascii.Error, UnicodeDecodeError):
-                raise _AuthFailed from None
-            expected = self.users.get(name)
-            if sep and expected is not None and hmac.compare_digest(expected, password):
-                return name
-            raise _AuthFailed
-        if scheme.lower() == "mex":
-            user, sep, token = value.rpartition(":")
-            owner = self.mex_tokens.get(token)
-            if owner is not None and (not sep or hmac.compare_digest(owner, user)):
-                return owner
-        raise _AuthFailed
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """The one aiohttp handler: the route table's dispatch."""
+        return await self.router.handle(request)
 
     def _readable(self, uniq: str, user: str | None) -> Path | web.Response:
         """The resource's file, or the 404/401/403 response that refuses it."""
         file = self.store.locate(uniq)
         if file is None:
-            return _text(404, "no such resource")
-        denied = self._check_access(uniq, user)
-        return file if denied is None else denied
-
-    def _check_access(self, uniq: str, user: str | None) -> web.Response | None:
-        if uniq in self.public:
-            return None
-        if user is None:
-            return _text(401, "login required", {"WWW-Authenticate": 'Basic realm="bisque"'})
-        allowed = self.access.get(uniq)
-        if allowed is not None and user not in allowed:
-            return _text(403, "forbidden")
-        return None
-
-    # -- dispatch ----------------------------------------------------------------------
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        """The one route: dispatch on the raw path."""
-        raw = request.rel_url.raw_path
-        segments = raw.split("/")[1:]
-        response = await self._dispatch(request, segments)
-        if not request.get(_STATUS_COUNTED):
-            # aiohttp writes a plain response after this returns, so it is counted in time
-            self.stats.statuses[response.status] += 1
-        return response
-
-    async def _dispatch(self, request: web.Request, segments: list[str]) -> web.StreamResponse:
-        if segments in (["services"], ["services", ""]):
-            self.stats.requests["services"] += 1
-            return self._services()
-        n = len(self.prefix)
-        if segments[:n] != self.prefix or len(segments) <= n:
-            self.stats.requests["other"] += 1
-            return _text(404, "no such service")
-        service, rest = segments[n], segments[n + 1 :]
-        if service == "auth_service" and rest in (["session"], ["session", ""]):
-            self.stats.requests["session"] += 1
-            return self._session(request)
-        if service == "auth_service" and rest in (["login_providers"], ["login_providers", ""]):
-            self.stats.requests["login_providers"] += 1
-            return self._login_providers()
-        try:
-            user = self._user(request)
-        except _AuthFailed:
-            kind = "data_service" if service == "data_service" else "other"
-            if service == self.table_service:
-                kind = "info" if "info" in rest else "data"
-            self.stats.requests[kind] += 1
-            return _text(401, "bad credentials", {"WWW-Authenticate": 'Basic realm="bisque"'})
-        if service == self.table_service and rest and rest[0]:
-            return await self._table(request, user, rest)
-        if service == "data_service" and len(rest) == 1 and rest[0]:
-            self.stats.requests["data_service"] += 1
-            return self._resource(urllib.parse.unquote(rest[0]), user)
-        if service == "import":
-            self.stats.requests["import"] += 1
-            return await self.imports.handle(request, user, rest)
-        self.stats.requests["other"] += 1
-        if service == "module_service" and rest[:1] == ["mex"]:
-            return await self._mex(request, user, rest[1:])
-        return _text(404 if service not in SERVICES else 501, "not provided by this server")
+            return text_response(404, "no such resource")
+        denied = self.rules.check(uniq, user)
+        return file if denied is None else _refused(denied)
 
     # -- small endpoints ---------------------------------------------------------------
 
-    def _services(self) -> web.Response:
+    async def _services(self, call: Call) -> web.Response:
         root = ET.Element("resource", uri=f"{self.root}/services")
         for name in (self.table_service, *SERVICES):
             ET.SubElement(root, "tag", name="service", type=name, value=self.service_url(name))
         return _xml(root)
 
-    def _session(self, request: web.Request) -> web.Response:
+    async def _session(self, call: Call) -> web.Response:
         # like BisQue: wrong credentials give an empty session, not an HTTP error
         session = ET.Element("session")
-        try:
-            user = self._user(request)
-        except _AuthFailed:
-            user = None
+        user = self.auth.session_user(call.request.headers.get("Authorization"))
         if user is not None:
             expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
             ET.SubElement(session, "tag", name="user", value=user)
@@ -286,7 +219,7 @@ class TableServer:
             ET.SubElement(session, "tag", name="timeout", value="3600")
         return _xml(session)
 
-    def _login_providers(self) -> web.Response:
+    async def _login_providers(self, call: Call) -> web.Response:
         root = ET.Element("resource")
         ET.SubElement(
             root,
@@ -297,8 +230,9 @@ class TableServer:
         )
         return _xml(root)
 
-    def _resource(self, uniq: str, user: str | None) -> web.Response:
-        file = self._readable(uniq, user)
+    async def _resource(self, call: Call) -> web.Response:
+        uniq = urllib.parse.unquote(call.rest[0])
+        file = self._readable(uniq, call.user)
         if isinstance(file, web.Response):
             return file
         stat = file.stat()
@@ -315,19 +249,23 @@ class TableServer:
         self.imports.describe(uniq, element)
         return _xml(element)
 
-    async def _mex(self, request: web.Request, user: str | None, rest: list[str]) -> web.Response:
+    async def _import(self, call: Call) -> web.StreamResponse:
+        return await self.imports.handle(call.request, call.user, call.rest)
+
+    async def _mex(self, call: Call) -> web.Response:
         # bqapi's init_local creates a module execution (mex) and then authenticates with
         # its token; answer that as BisQue would so the official client works unchanged
-        if user is None:
-            return _text(401, "login required")
+        request, rest = call.request, call.rest[1:]
+        if call.user is None:
+            return text_response(401, "login required")
         if request.method == "POST" and rest in ([], [""]):
             await request.read()
             token = "00-" + secrets.token_urlsafe(16)
-            self.mex_tokens[token] = user
+            self.mex_tokens[token] = call.user
             return _xml(self._mex_element(token))
         if request.method == "GET" and len(rest) == 1 and rest[0] in self.mex_tokens:
             return _xml(self._mex_element(rest[0]))
-        return _text(404, "no such mex")
+        return text_response(404, "no such mex")
 
     def _mex_element(self, token: str) -> ET.Element:
         uri = self.service_url("module_service") + "mex/" + token
@@ -335,32 +273,69 @@ class TableServer:
 
     # -- table service -----------------------------------------------------------------
 
-    async def _table(
-        self, request: web.Request, user: str | None, rest: list[str]
-    ) -> web.StreamResponse:
-        components = [urllib.parse.unquote(part) for part in rest]
-        query = TableQuery(components[1:], request.headers.get("Accept", ""), self.hdf_layout)
+    def _table_file(self, uniq: str, user: str | None) -> Path | web.Response:
+        """The file for ``uniq``, or BisQue's refusal: 401/403, also for no such resource.
+
+        (BisQue's table service asks the data service for the resource, which answers
+        nothing both for a missing resource and for one the user may not read.)
+        """
+        file = self.store.locate(uniq)
+        denied = self.rules.missing(user) if file is None else self.rules.check(uniq, user)
+        if denied is not None:
+            return self._plain(Answer.error(denied.status, denied.reason))
+        assert file is not None
+        return file
+
+    def _query(self, call: Call) -> tuple[str, TableQuery]:
+        """The uniq and the rest of a table path, split as BisQue splits it.
+
+        BisQue reads the path *with* its query string, so ``?x=1`` sticks to the last
+        element (``format:hdf?x=1`` is then an unknown format); empty elements are dropped.
+        """
+        raw = list(call.rest)
+        query_string = call.request.rel_url.raw_query_string
+        if query_string:
+            raw[-1] += "?" + query_string
+        components = [urllib.parse.unquote(part) for part in raw if part]
+        query = TableQuery(
+            components[1:],
+            url=str(call.request.url),
+            layout=self.hdf_layout,
+            limits=self.limits,
+            budget=self.budget,
+        )
+        return components[0], query
+
+    async def _table(self, call: Call) -> web.StreamResponse:
+        uniq, query = self._query(call)
         if query.wants_info:
-            self.stats.requests["info"] += 1
-            file = self.store.locate(components[0])
-            if file is None:
-                return _text(404, "no such resource")
-            denied = self._check_access(components[0], user)
-            if denied is not None:
-                return denied
-            answer = await self._answer(file, query)
-            return self._plain(answer)
-        self.stats.requests["data"] += 1
-        return await self._data(request, user, components[0], query)
+            file = self._table_file(uniq, call.user)
+            if isinstance(file, web.Response):
+                return file
+            try:
+                return self._plain(await self._answer(file, query))
+            finally:
+                query.release()
+        try:
+            return await self._data(call.request, call.user, uniq, query)
+        finally:
+            # the body has been sent (or given up): its bytes may go
+            query.release()
 
     async def _answer(self, file: Any, query: TableQuery) -> Answer:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.store.answer, file, query)
+        future = loop.run_in_executor(self._executor, self.store.answer, file, query)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # the worker thread goes on and may still take budget: give it back after
+            future.add_done_callback(lambda _: query.release())
+            raise
 
     @staticmethod
     def _plain(answer: Answer) -> web.Response:
         body = b"".join(bytes(part) for part in answer.body.parts)
-        response = web.Response(status=answer.status, body=body)
+        response = web.Response(status=answer.status, body=body, headers=dict(answer.headers))
         response.headers["Content-Type"] = answer.body.content_type
         return response
 
@@ -372,13 +347,9 @@ class TableServer:
         plan = self._faults
         decision = plan.decide(n)
         stats = self.stats
-        stats.enter((uniq, *query.components))
-        outcome = _DataOutcome(stats, query)
-        request[_STATUS_COUNTED] = True
+        outcome = DataOutcome(stats, (uniq, *query.components), query)
+        request[STATUS_COUNTED] = True
         try:
-            if plan.latency:
-                stats.faults["latency"] += 1
-                await asyncio.sleep(plan.latency)
             response = await self._data_response(
                 request, user, uniq, query, plan, decision, outcome
             )
@@ -396,151 +367,48 @@ class TableServer:
         uniq: str,
         query: TableQuery,
         plan: FaultPlan,
-        decision: FaultDecision,
-        outcome: _DataOutcome,
+        decision: Any,
+        outcome: DataOutcome,
     ) -> web.StreamResponse:
-        file = self._readable(uniq, user)
+        file = self._table_file(uniq, user)
         if isinstance(file, web.Response):
             return file
         if decision.kind in ("error", "throttle"):
-            self.stats.faults[decision.kind] += 1
+            self.stats.fault(decision.kind)
             outcome.fault = decision.kind
             if decision.kind == "error":
-                return _text(decision.status, "injected error")
-            return _text(429, "slow down", {"Retry-After": plan.retry_after})
+                return text_response(decision.status, "injected error")
+            return text_response(429, "slow down", {"Retry-After": plan.retry_after})
+        if query.requested_format == "hdf":
+            if plan.hdf_name_clash and self._hdf_exports:
+                self.stats.fault("hdf_clash")
+                outcome.fault = "hdf_clash"
+                query.format = "hdf"
+                return self._plain(_HDF_CLASH)
+            self._hdf_exports += 1
+            try:
+                return await self._export(request, file, query, plan, decision, outcome)
+            finally:
+                self._hdf_exports -= 1
+        return await self._export(request, file, query, plan, decision, outcome)
+
+    async def _export(
+        self,
+        request: web.Request,
+        file: Path,
+        query: TableQuery,
+        plan: FaultPlan,
+        decision: Any,
+        outcome: DataOutcome,
+    ) -> web.StreamResponse:
         answer = await self._answer(file, query)
         if answer.status != 200 or not answer.data:
             return self._plain(answer)
         if decision.kind is not None:
-            self.stats.faults[decision.kind] += 1
+            self.stats.fault(decision.kind)
             outcome.fault = decision.kind
-            return await self._send_faulty(request, answer.body, plan, decision, outcome)
-        return await self._send(request, answer.body, plan, outcome)
-
-    # -- body writing ------------------------------------------------------------------
-
-    def _pacing(self, plan: FaultPlan) -> tuple[int, Link | None]:
-        """Write size and shared link for ``plan``'s bandwidth caps."""
-        link = None
-        if plan.total_bandwidth:
-            if self._link is None or self._link.rate != plan.total_bandwidth:
-                self._link = Link(plan.total_bandwidth)
-            link = self._link
-        rates = [r for r in (plan.bandwidth, plan.total_bandwidth) if r]
-        if not rates:
-            return _SLICE, None
-        # about 50 writes per second per response keeps the rate smooth at small cost
-        return max(16 << 10, min(256 << 10, int(min(rates) / 50))), link
-
-    async def _pump(
-        self,
-        write: Callable[[memoryview], Any],
-        body: Body,
-        plan: FaultPlan,
-        limit: int,
-        before_last: Callable[[], object] | None = None,
-    ) -> int:
-        """Write the first ``limit`` bytes of ``body`` at ``plan``'s pace; returns bytes sent.
-
-        ``before_last`` runs just before the piece that completes ``limit`` is written.
-        """
-        size, link = self._pacing(plan)
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        sent = 0
-        for part in body.parts:
-            view = memoryview(part).cast("B")
-            for offset in range(0, len(view), size):
-                if sent >= limit:
-                    return sent
-                piece = view[offset : offset + min(size, limit - sent)]
-                if plan.bandwidth:
-                    delay = t0 + sent / plan.bandwidth - loop.time()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                if link is not None:
-                    await link.reserve(len(piece))
-                # counted before the write: the client may have the bytes before it returns
-                sent += len(piece)
-                self.stats.bytes_sent += len(piece)
-                if before_last is not None and sent >= limit:
-                    before_last()
-                await write(piece)
-        if before_last is not None:
-            before_last()  # an empty body
-        return sent
-
-    async def _send(
-        self, request: web.Request, body: Body, plan: FaultPlan, outcome: _DataOutcome
-    ) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": body.content_type})
-        response.content_length = body.length
-        outcome.status = response.status
-        await response.prepare(request)
-        await self._pump(response.write, body, plan, body.length, outcome.keep)
-        await response.write_eof()
-        return response
-
-    async def _send_faulty(
-        self,
-        request: web.Request,
-        body: Body,
-        plan: FaultPlan,
-        decision: FaultDecision,
-        outcome: _DataOutcome,
-    ) -> web.StreamResponse:
-        """Send part of ``body``, then cut it as ``decision`` says (kept just before the cut)."""
-        transport = request.transport
-        assert transport is not None
-        length = body.length
-        outcome.status = 200
-        cut = min(max(1, int(length * decision.cut)), max(length - 1, 0))
-        if decision.kind == "truncate" and decision.framing == "close":
-            # no length, no chunking: the client can only tell by the short body, so this
-            # is written by hand (aiohttp would choose chunked encoding itself)
-            head = (
-                f"HTTP/1.1 200 OK\r\nContent-Type: {body.content_type}\r\nConnection: close\r\n\r\n"
-            )
-            await request.writer.write(head.encode("ascii"))
-            await self._pump(request.writer.write, body, plan, cut)
-            outcome.keep()
-            transport.close()
-            return web.Response(status=200)
-        response = web.StreamResponse(headers={"Content-Type": body.content_type})
-        if decision.kind == "truncate" and decision.framing == "chunked":
-            response.enable_chunked_encoding()
-        else:
-            response.content_length = length
-        await response.prepare(request)
-        await self._pump(response.write, body, plan, cut)
-        await self._flush(transport)
-        if decision.kind == "stall":
-            await self._stall(plan.stall_seconds)
-        outcome.keep()
-        if decision.kind in ("stall", "reset"):
-            _abort(transport)
-        else:
-            transport.close()
-        return response
-
-    @staticmethod
-    async def _flush(transport: asyncio.BaseTransport, limit: float = 2.0) -> None:
-        """Let the bytes written so far leave, so a client sees them before the cut."""
-        deadline = time.monotonic() + limit
-        # a transport offers no "buffer empty" event to wait on, so poll (briefly, bounded)
-        while (  # noqa: ASYNC110
-            isinstance(transport, asyncio.WriteTransport)
-            and not transport.is_closing()
-            and transport.get_write_buffer_size()
-            and time.monotonic() < deadline
-        ):
-            await asyncio.sleep(0.005)
-
-    async def _stall(self, seconds: float) -> None:
-        # ends early when the server stops; a client that hangs up cancels the handler
-        # (handler_cancellation), which ends it too
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._closing.wait(), seconds)
+            return await self.sender.send_faulty(request, answer.body, plan, decision, outcome)
+        return await self.sender.send(request, answer.body, plan, outcome)
 
     def close(self) -> None:
         """Wake stalled responses and stop the worker threads."""
@@ -548,13 +416,8 @@ class TableServer:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _abort(transport: asyncio.Transport) -> None:
-    """Drop the connection with a TCP reset (linger 0), not a clean close."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
+def _table_kind(rest: list[str]) -> str:
+    return "info" if "info" in rest else "data"
 
 
 @contextlib.asynccontextmanager
@@ -572,6 +435,8 @@ async def run_server(
     service_prefix: str = "",
     hdf_layout: str = "contiguous",
     keepalive_timeout: float = 75.0,
+    header_timeout: float = 20.0,
+    limits: Limits | None = None,
 ) -> AsyncIterator[TableServer]:
     """Serve ``folder`` on ``host:port`` (0: a free port) for the duration of the block.
 
@@ -588,6 +453,11 @@ async def run_server(
         service_prefix: a path prefix for every service (``/services`` stays at the root).
         hdf_layout: ``"chunked"`` serves gzip-compressed chunked images instead.
         keepalive_timeout: seconds an idle connection is kept open.
+        header_timeout: seconds a new connection may take to send its request headers
+            before it is closed (stuck clients cannot hold every file descriptor).
+        limits: memory bounds (:class:`~aiobisque.server.store.Limits`): the most array
+            data one text-format answer may render, one request may read, and all data
+            requests together may hold. Beyond them: 413, or 503 after a wait.
 
     Example::
 
@@ -599,19 +469,20 @@ async def run_server(
         users=DEMO_USERS if users is None else users,
         # the demo token only comes with the demo login: a server given its own users
         # must not also let in whoever knows the public demo token
-        mex_tokens=(DEMO_MEX_TOKENS if users is None else {}) if mex_tokens is None
-        else mex_tokens,
+        mex_tokens=(DEMO_MEX_TOKENS if users is None else {}) if mex_tokens is None else mex_tokens,
         public=public,
         access=access or {},
         faults=faults or FaultPlan(),
         table_service=table_service,
         service_prefix=service_prefix,
         hdf_layout=hdf_layout,
+        limits=limits,
     )
     app = web.Application(client_max_size=1 << 20)
     app.router.add_route("*", "/{tail:.*}", server.handle)
-    runner = web.AppRunner(
+    runner = GuardedRunner(
         app,
+        header_timeout=header_timeout,
         handle_signals=False,
         access_log=None,
         keepalive_timeout=keepalive_timeout,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from aiobisque.server.app import DEMO_MEX_TOKENS, DEMO_USERS, TableServer, run_server
 from aiobisque.server.faults import TRUNCATE_FRAMINGS, FaultPlan, parse_size
-from aiobisque.server.store import SUFFIXES
+from aiobisque.server.store import SUFFIXES, Limits
 
 __all__ = ["add_arguments", "describe", "main", "plan_from_args", "run"]
 
@@ -32,6 +32,14 @@ example: emulate a WAN link (100 ms latency, 16 MB/s per connection, 160 MB/s in
   aiobisque serve ./data --latency 0.1 --bandwidth 16MB --total-bandwidth 160MB \\
       --error-rate 0.01 --seed 1
 """
+DESCRIPTION = """\
+Serve a folder of HDF5 files as a BisQue table service: a faithful stand-in that answers
+as BisQue's own table-service code does (its query language, statuses, quirks and
+layouts), so clients tested against it work against real servers.
+
+Intentional differences: memory is bounded (413/503, see "memory bounds"); a %00 path
+component and an index of more than 4,300 digits answer 400 (BisQue: 500 or a wrong
+node); stuck connections are closed (--header-timeout); non-ASCII logins work."""
 _LISTED = 40  # resources named in the banner; a large folder gets a count for the rest
 
 
@@ -98,10 +106,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="idle time before a kept-alive connection is closed (default %(default)s)",
     )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="close a connection that has not sent its request headers within this time "
+        "(default %(default)s)",
+    )
+    bounds = parser.add_argument_group(
+        "memory bounds",
+        "Real BisQue holds whatever is asked; this server bounds it. Beyond a bound a\n"
+        "request answers 413 with a message; one that fits but finds the memory taken\n"
+        "waits, then answers 503 with Retry-After.",
+    )
+    bounds.add_argument(
+        "--text-limit",
+        type=_size,
+        default=float(16 << 20),
+        metavar="BYTES",
+        help="most array data one json/extjs/csv/xml answer may render (default 16MiB)",
+    )
+    bounds.add_argument(
+        "--memory-limit",
+        type=_size,
+        default=float(1 << 30),
+        metavar="BYTES",
+        help="most array data all data requests together may hold until sent; also "
+        "the most one request may read (default 1GiB)",
+    )
+    bounds.add_argument(
+        "--memory-wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a request waits for memory before it answers 503 (default %(default)s)",
+    )
     faults = parser.add_argument_group(
         "faults",
-        "Applied to data requests only (never to info); each rate P is a\n"
-        "probability 0-1, drawn per request.",
+        "Applied to data requests (--latency to every request, as a WAN's round trip);\n"
+        "each rate P is a probability 0-1, drawn per request.",
     )
     faults.add_argument(
         "--seed",
@@ -206,7 +250,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="how long a stall lasts, 0-3600 (default %(default)s)",
     )
+    faults.add_argument(
+        "--hdf-name-clash",
+        action="store_true",
+        help="answer 500 to a format:hdf request made while another is exported, as a "
+        "real multi-threaded BisQue does (its exporter reuses one in-memory file name)",
+    )
     parser.epilog = _EPILOG
+    # the serve command's help must say what the server is and how it differs from BisQue
+    parser.description = DESCRIPTION
     if parser.formatter_class is argparse.HelpFormatter:
         # keep the example's line as written (a caller's own formatter is left alone)
         parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -229,6 +281,7 @@ def plan_from_args(args: argparse.Namespace) -> FaultPlan:
         truncate_framing=args.truncate_framing,
         stall_rate=args.stall_rate,
         stall_seconds=args.stall_seconds,
+        hdf_name_clash=args.hdf_name_clash,
     )
 
 
@@ -250,6 +303,12 @@ async def _serve(args: argparse.Namespace, plan: FaultPlan) -> None:
         service_prefix=args.service_prefix,
         hdf_layout=args.hdf_layout,
         keepalive_timeout=args.keepalive_timeout,
+        header_timeout=args.header_timeout,
+        limits=Limits(
+            text_bytes=int(args.text_limit),
+            total_bytes=int(args.memory_limit),
+            wait_seconds=args.memory_wait,
+        ),
     ) as server:
         print(f"serving {server.root}", flush=True)
         # stderr: scripts read stdout's first line and some never drain the pipe after it
@@ -313,7 +372,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run (what ``python -m aiobisque.server`` does)."""
     parser = argparse.ArgumentParser(
         prog="aiobisque serve",
-        description="Serve a folder of HDF5 files as a BisQue table service.",
+        description=DESCRIPTION,
     )
     add_arguments(parser)
     return main(parser.parse_args(argv))

@@ -27,7 +27,7 @@ __all__ = [
     "parse_size",
 ]
 
-FAULT_KINDS = ("error", "throttle", "reset", "truncate", "stall", "latency")
+FAULT_KINDS = ("error", "throttle", "reset", "truncate", "stall", "latency", "hdf_clash")
 TRUNCATE_FRAMINGS = ("length", "chunked", "close")
 _MAX_STALL = 3600.0
 _MAX_LATENCY = 600.0
@@ -86,6 +86,13 @@ class FaultPlan:
             short body and no error) or ``"mixed"`` (one of the three per request).
         stall_rate: probability of sending part of the body, then nothing for
             ``stall_seconds`` (then the connection is dropped).
+        hdf_name_clash: answer 500 to a ``format:hdf`` request that arrives while another
+            one is being exported, as a real multi-threaded BisQue does: its exporter
+            builds every image in one in-memory file named ``array.h5``, and PyTables
+            refuses to open a name that is already open. The window here is from the
+            start of the export until its body is sent.
+        latency: also delays every other request (service discovery, session, info):
+            it is the link's round trip, not a property of data requests.
     """
 
     seed: int = 0
@@ -102,6 +109,7 @@ class FaultPlan:
     truncate_framing: str = "length"
     stall_rate: float = 0.0
     stall_seconds: float = 30.0
+    hdf_name_clash: bool = False
     _rates: tuple[str, ...] = field(
         default=("error_rate", "throttle_rate", "reset_rate", "truncate_rate", "stall_rate"),
         init=False,

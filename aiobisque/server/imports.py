@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import BodyPartReader, web
 
+from aiobisque.server.sending import abort_transport
 from aiobisque.server.store import SUFFIXES
 
 if TYPE_CHECKING:
@@ -128,9 +129,7 @@ def _text(status: int, message: str, headers: dict[str, str] | None = None) -> w
 def _abort(request: web.Request) -> None:
     transport = request.transport
     if transport is not None:
-        from aiobisque.server.app import _abort as reset
-
-        reset(transport)
+        abort_transport(transport)
 
 
 class ImportService:
@@ -298,10 +297,7 @@ class ImportService:
         now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         record = Uploaded(uniq, name, user, final, part.size, now, published, tuple(tags))
         self.uploads[uniq] = record
-        server = self.server
-        server.access[uniq] = frozenset({user})
-        if published:
-            server.public = server.public | {uniq}
+        self.server.rules.grant(uniq, user, public=published)
         log.info("upload: stored %s (%d bytes) as %s for %s", name, part.size, uniq, user)
         return self._element(record)
 

@@ -1,11 +1,18 @@
-"""Live counters of the embedded server, read by tests and benchmarks."""
+"""Live counters of the embedded server, read by tests and benchmarks.
+
+Everything is counted here and only here: the dispatcher calls :meth:`ServerStats.count`
+once per request (its kind) and :meth:`ServerStats.sent` once per status; data requests go
+through a :class:`DataOutcome`, which logs them exactly once.
+"""
 
 from __future__ import annotations
 
 import collections
+import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
-__all__ = ["DataRecord", "ServerStats"]
+__all__ = ["DataOutcome", "DataRecord", "ServerStats"]
 
 _LOG_LIMIT = 100_000
 _SEEN_LIMIT = 1_000_000
@@ -65,6 +72,18 @@ class ServerStats:
         self.faults.clear()
         self.data_log.clear()
 
+    def count(self, kind: str) -> None:
+        """One request of ``kind`` arrived."""
+        self.requests[kind] += 1
+
+    def sent(self, status: int) -> None:
+        """A response with ``status`` was handed to the transport."""
+        self.statuses[status] += 1
+
+    def fault(self, kind: str) -> None:
+        """A fault of ``kind`` was injected."""
+        self.faults[kind] += 1
+
     def enter(self, key: tuple[str, ...]) -> None:
         """A data request for ``key`` (uniq and path components) starts."""
         if key in self._seen:
@@ -81,3 +100,48 @@ class ServerStats:
         # trim in batches so appending stays O(1) amortised
         if len(self.data_log) > _LOG_LIMIT + _LOG_LIMIT // 10:
             del self.data_log[: len(self.data_log) - _LOG_LIMIT]
+
+
+class _Described(Protocol):
+    """What a data request asked for, as far as it is known when it is logged."""
+
+    range: str | None
+    path: str
+    format: str
+
+
+class DataOutcome:
+    """How one data request ended, kept in the stats exactly once.
+
+    Kept *before* the response's last byte (or the cut that ends a faulty one) is handed
+    to the transport: a client that has the whole response must find it in the stats,
+    even when it runs on another thread than the server.
+    """
+
+    def __init__(self, stats: ServerStats, key: tuple[str, ...], query: _Described) -> None:
+        self.stats = stats
+        self.query = query
+        self.started = time.monotonic()
+        self.status = 500
+        self.fault: str | None = None
+        self.kept = False
+        stats.enter(key)
+
+    def keep(self, *, sent: bool = True) -> None:
+        """Log the request (and count its status when ``sent``); later calls do nothing."""
+        if self.kept:
+            return
+        self.kept = True
+        if sent:
+            self.stats.sent(self.status)
+        query = self.query
+        record = DataRecord(
+            query.range,
+            query.path,
+            query.format,
+            self.status,
+            self.fault,
+            self.started,
+            time.monotonic(),
+        )
+        self.stats.leave(record)

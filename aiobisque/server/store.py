@@ -10,6 +10,8 @@ follow them to other files.
 
 from __future__ import annotations
 
+import functools
+import html
 import os
 import re
 import threading
@@ -18,26 +20,53 @@ from pathlib import Path
 from typing import Any
 
 import h5py
-import numpy as np
 
-from aiobisque.server import export
+from aiobisque.server.engine import (
+    Internal,
+    QueryError,
+    TooLarge,
+    node_kind,
+    node_result,
+    run_query,
+)
 from aiobisque.server.export import Body
-from aiobisque.server.ranges import RangeError, is_range_like, parse_range
+from aiobisque.server.formats import FORMATS, BadRequest, export_data, export_info
+from aiobisque.server.query import ParseError, parse_aggregates, parse_filter
 
-__all__ = ["SUFFIXES", "Answer", "Store", "TableQuery"]
+__all__ = [
+    "SUFFIXES",
+    "TEXT_FORMATS",
+    "Answer",
+    "Busy",
+    "Limits",
+    "MemoryBudget",
+    "Store",
+    "TableQuery",
+]
 
 SUFFIXES = (".h5", ".hdf5", ".dream3d", ".h5ebsd")
 _UNIQ = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}")
-FORMATS = ("hdf", "json", "extjs", "csv", "xml")
+TEXT_FORMATS = ("json", "extjs", "csv", "xml")
 # PyTables' own bookkeeping attributes are not user metadata
-_HIDDEN_ATTRS = {"CLASS", "VERSION", "TITLE", "FLAVOR"}
+_HIDDEN_ATTRS = {"CLASS", "VERSION", "TITLE", "FLAVOR", "PYTABLES_FORMAT_VERSION"}
 _TABLE_ATTR = re.compile(r"FIELD_[0-9]+_(NAME|FILL)|NROWS|AUTO_INDEX|FILTERS")
-_ACCEPT = {
-    "application/x-hdf5": "hdf",
-    "application/x-hdf": "hdf",
-    "application/json": "json",
-    "text/csv": "csv",
+_REASONS = {
+    400: "Bad Request",
+    404: "Not Found",
+    413: "Payload Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
 }
+
+
+def error_page(status: int, message: str) -> Body:
+    """An HTML error page, as BisQue's framework answers its aborts."""
+    title = f"{status} {_REASONS.get(status, 'Error')}"
+    page = (
+        f"<html>\n <head>\n  <title>{title}</title>\n </head>\n <body>\n  <h1>{title}</h1>\n"
+        f"  {html.escape(message)}<br /><br />\n </body>\n</html>"
+    )
+    return Body((page.encode("utf-8"),), "text/html; charset=utf-8")
 
 
 @dataclass(frozen=True)
@@ -47,35 +76,106 @@ class Answer:
     status: int
     body: Body
     data: bool = False
+    headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def error(cls, status: int, message: str) -> Answer:
-        """A short text error."""
-        return cls(status, Body.text(message + "\n", "text/plain"))
+    def error(cls, status: int, message: str, **headers: str) -> Answer:
+        """An HTML error page (``Retry_After="5"`` becomes a ``Retry-After`` header)."""
+        pairs = tuple((k.replace("_", "-"), v) for k, v in headers.items())
+        return cls(status, error_page(status, message), headers=pairs)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What requests may make this server hold (a real BisQue has no such bound).
+
+    ``text_bytes``: the most array data one text format (json, extjs, csv, xml) answer may
+    render, since text and its Python objects cost 10-30 times the binary size;
+    ``total_bytes``: the most array data all data requests together may hold until their
+    bodies are sent (also the most one request may read). A request beyond either answers
+    413 with a message saying so; one that fits but finds the budget taken waits up to
+    ``wait_seconds``, then answers 503 with ``Retry-After``.
+    """
+
+    text_bytes: int = 16 << 20
+    total_bytes: int = 1 << 30
+    wait_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.text_bytes <= 0 or self.total_bytes <= 0 or self.wait_seconds < 0:
+            raise ValueError("limits must be positive")
+
+
+class Busy(Exception):
+    """The memory budget stayed taken for the whole wait (answered 503)."""
+
+
+class MemoryBudget:
+    """Bytes of array data held by data requests, shared by the worker threads."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, nbytes: int, wait: float) -> None:
+        """Hold ``nbytes`` (blocks up to ``wait`` seconds; raises :class:`Busy`)."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.used + nbytes <= self.total, wait):
+                raise Busy(f"{self.used} of {self.total} bytes are held by other requests")
+            self.used += nbytes
+            self.peak = max(self.peak, self.used)
+
+    def release(self, nbytes: int) -> None:
+        """Give back what :meth:`acquire` took."""
+        if nbytes:
+            with self._cond:
+                self.used -= nbytes
+                self._cond.notify_all()
 
 
 @dataclass
 class TableQuery:
-    """A table-service path split into its parts (all URL-unquoted).
+    """A table-service path after the uniq: its components (URL-unquoted, empty ones dropped).
 
-    ``components`` are what follows the uniq: HDF path components, then an optional range,
-    then ops (``info``, ``format:F``). Which component is which is only known once the
-    file is open (:meth:`Store.answer`).
+    Which component is an HDF path and which is an op is only known once the file is open
+    (:meth:`Store.answer`), which fills in ``path``, ``range`` and ``format`` for the log.
     """
 
     components: list[str]
-    accept: str = ""
+    url: str = ""
     layout: str = "contiguous"
-    # filled in by Store.answer for the request log
+    limits: Limits = field(default_factory=Limits)
+    budget: MemoryBudget | None = None
+    reserved: int = 0  # bytes taken from ``budget``: the caller gives them back
     path: str = "/"
     range: str | None = None
-    format: str = "xml"
-    info: bool = field(default=False)
+    format: str = ""
+
+    def release(self) -> None:
+        """Give back the bytes this request holds (idempotent)."""
+        if self.budget is not None:
+            self.budget.release(self.reserved)
+        self.reserved = 0
 
     @property
     def wants_info(self) -> bool:
-        """True when this asks for metadata (so it is not a data request)."""
-        return "info" in self.components
+        """True when this names the ``info`` op (decided before the file is open).
+
+        BisQue itself looks for ``info`` inside any element left after the HDF path, which
+        only the open file can tell; :meth:`Store.answer` follows that rule. This early
+        guess (for stats, faults and budgets) only counts an element that is the op.
+        """
+        return any(c.partition(":")[0] == "info" for c in self.components)
+
+    @property
+    def requested_format(self) -> str | None:
+        """The format a ``format:`` element names, if any (BisQue takes the first)."""
+        for component in self.components:
+            if "format:" in component:
+                return component.replace("format:", "")
+        return None
 
 
 class _Reply(Exception):
@@ -88,32 +188,13 @@ def _fail(status: int, message: str) -> _Reply:
     return _Reply(Answer.error(status, message))
 
 
-def _node_name(component: str) -> str:
-    """The node name a path component means: without the quotes that escape range-like names."""
-    if len(component) >= 2 and component[0] == component[-1] == '"':
-        return component[1:-1]
-    return component
-
-
-def _is_op(component: str) -> bool:
-    return component == "info" or component.startswith("format:")
-
-
-def _node_kind(node: Any) -> str | None:
-    if isinstance(node, h5py.Group):
-        return "group"
-    if isinstance(node, h5py.Dataset):
-        return "table" if node.dtype.names and node.ndim == 1 else "matrix"
-    return None
-
-
 def _meta(node: h5py.HLObject, kind: str) -> dict[str, Any]:
     meta = {}
     for name in node.attrs:
         if name in _HIDDEN_ATTRS or (kind == "table" and _TABLE_ATTR.fullmatch(name)):
             continue
         try:
-            meta[name] = export.jsonable(node.attrs[name])
+            meta[name] = node.attrs[name]
         except (OSError, TypeError, ValueError):  # an attribute h5py cannot decode
             continue
     return meta
@@ -166,45 +247,112 @@ class Store:
     def answer(self, file: Path, query: TableQuery) -> Answer:
         """Answer a table-service request for ``file`` (blocking: run it in a thread)."""
         try:
+            if any("\x00" in c for c in query.components):
+                # HDF5 would end the name at the NUL and find another node: refuse it
+                raise _fail(400, "Illegal character in path: NUL")
             try:
                 h5 = h5py.File(file, "r")
             except OSError:
-                raise _fail(501, "resource is not readable as a table") from None
+                raise _fail(501, "Table cannot be read. Format not recognized") from None
             with h5:
                 return self._answer(h5, query)
         except _Reply as reply:
             return reply.answer
+        except ParseError as exc:
+            return Answer.error(400, str(exc))
+        except QueryError as exc:
+            return Answer.error(400, f"Error in query: {exc}")
+        except BadRequest as exc:
+            return Answer.error(400, str(exc))
+        except TooLarge as exc:
+            return Answer.error(413, str(exc))
+        except Busy as exc:
+            return Answer.error(503, f"Server busy: {exc}; retry later", Retry_After="5")
+        except (Internal, KeyError) as exc:
+            return Answer.error(500, f"Internal error: {exc}")
 
     def _answer(self, h5: h5py.File, query: TableQuery) -> Answer:
         node: Any = h5["/"]
-        rest = list(query.components)
-        while rest and isinstance(node, h5py.Group):
-            child = self._child(node, rest[0])
+        components = query.components
+        end = 0
+        for component in components:
+            child = self._child(node, component.strip('"'))
             if child is None:
                 break
-            node = child
-            rest.pop(0)
-        query.path = node.name
-        self._split_range(rest, query)
-        kind = _node_kind(node)
-        if kind is None:
-            raise _fail(404, f"no table node at {node.name}")
-        if kind == "group" and query.range is not None:
-            raise _fail(400, f"range {query.range!r} given for {node.name}, a group, not an array")
-        if query.info:
-            return self._info(node, kind, query)
-        if kind == "group":
-            raise _fail(400, f"{node.name} is a group, not an array")
-        return self._data(node, kind, query)
+            node, end = child, end + 1
+        query.path = node.name or "/"
+        kind = node_kind(node)
+        listing = self._listing(node, kind)
+        result = node_result(node, query.path, listing, _meta(node, kind))
+        external = isinstance(node, h5py.Dataset) and (node.external or node.is_virtual)
+        if external and not any("info" in e for e in components[end:]):
+            raise _fail(501, f"{query.path} stores its data in other files; not served")
+        wanted = query.requested_format
+        query.format = wanted or ""
+        limit = functools.partial(_check_size, query, wanted)
+        ops = list(components[end:])
+        # BisQue's op loop, index quirk included: special ops (info, format) are stepped
+        # over, every other element is applied and then the *first* element is dropped
+        i = 0
+        while i < len(ops):
+            element = ops[i]
+            op, colon, arg = element.partition(":")
+            if op in ("format", "info"):
+                i += 1
+                continue
+            ops.pop(0)
+            if op == "agg" and colon:
+                sels = parse_aggregates(arg, result.headers)
+                result = run_query(result, sels, None, limit)
+            else:
+                text = arg if op == "filter" and colon else element
+                if query.range is None:
+                    query.range = text
+                sels_f, cond = parse_filter(text, result.headers)
+                result = run_query(result, sels_f, cond, limit)
+        formats = [e for e in ops if "format:" in e]
+        if not formats:
+            # BisQue looks the format up with a helper that returns nothing when absent,
+            # then fails on it: no default format, no Accept negotiation
+            raise _fail(500, "no format: requested")
+        fmt = formats[0].replace("format:", "")
+        query.format = fmt
+        if fmt not in FORMATS:
+            raise _fail(400, f"Requested export format ({fmt}) is not supported")
+        if any("info" in e for e in ops):
+            return Answer(200, export_info(result, fmt, query.url))
+        return Answer(200, export_data(result, fmt, query.url, query.layout), data=True)
+
+    def _listing(self, node: Any, kind: str) -> list[dict[str, str]]:
+        """BisQue's ``group`` entry: a group's children, or the node itself."""
+        if kind != "group":
+            return [{"path": node.name, "type": kind}]
+        children = []
+        base = node.name.rstrip("/")
+        for name in node:
+            child = self._child(node, name)
+            children.append(
+                {
+                    "path": f"{base}/{name}",
+                    "type": node_kind(child) if child is not None else "(unknown)",
+                }
+            )
+        if not children:
+            raise _fail(404, f"Object '{node.name}' not found")
+        return children
 
     @staticmethod
-    def _child(group: h5py.Group, component: str) -> Any:
-        name = _node_name(component)
+    def _child(group: Any, name: str) -> Any:
+        if not isinstance(group, h5py.Group):
+            return None
         # "/" would make h5py walk several levels (or jump to the root), "." and ".."
         # would not name a child
-        if not name or "/" in name or name in (".", ".."):
+        if not name or "/" in name or name in (".", "..") or "\x00" in name:
             return None
-        link = group.get(name, getlink=True)
+        try:
+            link = group.get(name, getlink=True)
+        except (KeyError, OSError, ValueError):
+            return None
         if link is None or isinstance(link, h5py.ExternalLink):
             return None
         try:
@@ -212,185 +360,20 @@ class Store:
         except (KeyError, OSError):  # a dangling soft link
             return None
 
-    @staticmethod
-    def _split_range(rest: list[str], query: TableQuery) -> None:
-        """Take the range and ops from what follows the HDF path (into ``query``).
 
-        The HDF path ends at the first component that names no existing node; what follows
-        must be an optional range, then ops. So a leftover component that is neither an op
-        nor range-like names a missing node (404), after a group and after a dataset alike;
-        a range-like one is the range, checked against the node's shape later (400). One
-        that mixes range separators with other characters (``1;x``) is most likely a
-        mistyped range, so it gets a 400 naming both readings.
-        """
-        ops = []
-        first = rest[0] if rest else "info"
-        if not _is_op(first) and is_range_like(first):
-            query.range = rest.pop(0)
-        elif _node_name(first) == first and (";" in first or "," in first):
-            raise _fail(
-                400,
-                f"no node {first!r} under {query.path}, and {first!r} is not a range"
-                " (digits and ';', ':', ',' only)",
-            )
-        for component in rest:
-            if component == "":
-                continue
-            if component == "info":
-                query.info = True
-            elif component.startswith("format:"):
-                query.format = component[len("format:") :].lower()
-                if query.format not in FORMATS:
-                    raise _fail(400, f"unknown format {query.format!r}")
-            elif is_range_like(component):  # the range, if any, was taken above
-                raise _fail(400, f"unexpected range {component!r} after the range or ops")
-            else:
-                raise _fail(404, f"no node {_node_name(component)!r} under {query.path}")
-            ops.append(component)
-        if not any(op.startswith("format:") for op in ops):
-            query.format = _negotiate(query.accept)
-
-    def _info(self, node: Any, kind: str, query: TableQuery) -> Answer:
-        doc: dict[str, Any]
-        if kind == "group":
-            children = []
-            for name in node:
-                child = self._child(node, name)
-                child_kind = _node_kind(child)
-                if child_kind is not None:
-                    children.append({"path": child.name, "type": child_kind})
-            doc = {"group": children}
-        else:
-            # like BisQue, which applies a range before answering info: describe the
-            # selection (the whole node when no range is given)
-            sel, columns = self._selection(node, kind, query)
-            if columns is not None:
-                headers = columns
-                bools = _bitfield_bools(node)[1]
-                types = ["bool" if name in bools else node.dtype[name].name for name in headers]
-                sizes = [_length(sel[0]), len(headers)]
-            else:
-                sizes = [_length(s) for s in sel]
-                dim1 = sel[1] if node.ndim >= 2 else slice(0, 1)
-                headers = [str(i) for i in range(dim1.start, dim1.stop)]
-                types = ["bool" if _bitfield_bools(node)[0] else node.dtype.name] * len(headers)
-            doc = {
-                "headers": headers,
-                "types": types,
-                "sizes": sizes,
-                "group": [{"path": node.name, "type": kind}],
-            }
-            meta = _meta(node, kind)
-            if meta:
-                doc["meta"] = meta
-        if query.format in ("json", "extjs"):
-            import json
-
-            return Answer(200, Body.text(json.dumps(doc), "application/json"))
-        return Answer(200, Body.text(_info_xml(node.name, doc), "text/xml"))
-
-    def _data(self, node: h5py.Dataset, kind: str, query: TableQuery) -> Answer:
-        if node.external or node.is_virtual:
-            raise _fail(501, f"{node.name} stores its data in other files; not served")
-        sel, columns = self._selection(node, kind, query)
-        array = _as_bool(node, self._read(node, sel, columns))
-        offset = [s.start for s in sel]
-        if query.format == "hdf":
-            body = export.hdf_body(array, query.layout)
-        elif query.format in ("json", "extjs"):
-            body = export.json_body(array, offset)
-        elif query.format == "csv":
-            body = export.csv_body(array)
-        else:
-            body = export.xml_body(array, node.name)
-        return Answer(200, body, data=True)
-
-    @classmethod
-    def _selection(
-        cls, node: h5py.Dataset, kind: str, query: TableQuery
-    ) -> tuple[tuple[slice, ...], list[str] | None]:
-        """The hyperslab ``query.range`` selects, and for a table the selected columns."""
-        if kind != "table":
-            return cls._parse(query, node.shape), None
-        names = list(node.dtype.names)
-        rows, cols = cls._parse(query, (node.shape[0], len(names)))
-        return (rows,), names[cols]
-
-    @staticmethod
-    def _parse(query: TableQuery, shape: tuple[int, ...]) -> tuple[slice, ...]:
-        try:
-            return parse_range(query.range or "", shape)
-        except RangeError as exc:
-            raise _fail(400, str(exc)) from None
-
-    @staticmethod
-    def _read(
-        node: h5py.Dataset, sel: tuple[slice, ...], columns: list[str] | None
-    ) -> np.ndarray[Any, Any]:
-        source = (
-            node.fields(columns)
-            if columns is not None and len(columns) < len(node.dtype.names or ())
-            else node
+def _check_size(query: TableQuery, fmt: str | None, nbytes: int) -> None:
+    """Refuse (413) or hold (maybe waiting) ``nbytes`` about to be read for ``query``."""
+    limits = query.limits
+    if fmt in TEXT_FORMATS and query.reserved + nbytes > limits.text_bytes:
+        raise TooLarge(
+            f"the selection holds {query.reserved + nbytes} bytes; format:{fmt} is served "
+            f"up to {limits.text_bytes} bytes here (ask format:hdf, or a smaller range)"
         )
-        if node.ndim == 0:
-            return np.asarray(node[()])
-        array = source[sel]
-        if columns is not None and not isinstance(array, np.ndarray):
-            array = np.asarray(array)
-        return np.asarray(array)
-
-
-def _bitfield_bools(node: h5py.Dataset) -> tuple[bool, frozenset[str]]:
-    """Whether ``node`` (or which of its fields) holds PyTables booleans.
-
-    PyTables stores ``bool`` as an 8-bit HDF5 bitfield, which h5py reads as ``uint8``;
-    BisQue reads these files with PyTables, so it answers ``bool`` (uploaded files and
-    ``bqapi``'s ``store_array`` write them that way).
-    """
-    kind = node.id.get_type()
-
-    def is_bool(t: Any) -> bool:
-        return bool(t.get_class() == h5py.h5t.BITFIELD and t.get_size() == 1)
-
-    if is_bool(kind):
-        return True, frozenset()
-    if kind.get_class() == h5py.h5t.COMPOUND:
-        return False, frozenset(
-            kind.get_member_name(i).decode("utf-8", "replace")
-            for i in range(kind.get_nmembers()) if is_bool(kind.get_member_type(i)))
-    return False, frozenset()
-
-
-def _as_bool(node: h5py.Dataset, array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    """``array`` read from ``node`` with PyTables booleans as ``bool``."""
-    whole, fields = _bitfield_bools(node)
-    if whole:
-        return array.view(np.bool_)
-    if fields and array.dtype.names:
-        names = array.dtype.names
-        return array.astype([(n, np.bool_ if n in fields else array.dtype[n]) for n in names])
-    return array
-
-
-def _length(selected: slice) -> int:
-    return int(selected.stop - selected.start)
-
-
-def _negotiate(accept: str) -> str:
-    for item in accept.split(","):
-        media = item.split(";")[0].strip().lower()
-        if media in _ACCEPT:
-            return _ACCEPT[media]
-    return "xml"
-
-
-def _info_xml(path: str, doc: dict[str, Any]) -> str:
-    import xml.etree.ElementTree as ET
-
-    root = ET.Element("resource", name=path)
-    for key in ("headers", "types", "sizes"):
-        if key in doc:
-            ET.SubElement(root, "tag", name=key, value=",".join(str(v) for v in doc[key]))
-    for entry in doc.get("group", []):
-        ET.SubElement(root, "tag", name="group", type=entry["type"], value=entry["path"])
-    return ET.tostring(root, encoding="unicode")
+    if query.reserved + nbytes > limits.total_bytes:
+        raise TooLarge(
+            f"the selection holds {query.reserved + nbytes} bytes; one request may read up "
+            f"to {limits.total_bytes} bytes here (ask a smaller range)"
+        )
+    if query.budget is not None:
+        query.budget.acquire(nbytes, limits.wait_seconds)
+    query.reserved += nbytes
