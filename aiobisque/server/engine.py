@@ -157,6 +157,29 @@ def column_type(dtype: np.dtype[Any]) -> str:
     return str(dtype.base.name)
 
 
+def bitfield_bools(node: Any) -> tuple[bool, frozenset[str]]:
+    """Whether a dataset (or which of its fields) holds PyTables booleans.
+
+    PyTables stores ``bool`` as an 8-bit HDF5 bitfield, which h5py reads as ``uint8``;
+    BisQue reads files with PyTables, so it answers ``bool`` for them (``bqapi``'s
+    ``store_array`` and uploads write booleans that way).
+    """
+    if not isinstance(node, h5py.Dataset):
+        return False, frozenset()
+    kind = node.id.get_type()
+
+    def is_bool(t: Any) -> bool:
+        return bool(t.get_class() == h5py.h5t.BITFIELD and t.get_size() == 1)
+
+    if is_bool(kind):
+        return True, frozenset()
+    if kind.get_class() == h5py.h5t.COMPOUND:
+        return False, frozenset(
+            kind.get_member_name(i).decode("utf-8", "replace")
+            for i in range(kind.get_nmembers()) if is_bool(kind.get_member_type(i)))
+    return False, frozenset()
+
+
 def node_result(
     node: Any, path: str, listing: list[dict[str, str]], meta: dict[str, Any]
 ) -> Result:
@@ -164,7 +187,7 @@ def node_result(
     kind = node_kind(node)
     if kind == "matrix":
         shape = list(node.shape)
-        name = node.dtype.name
+        name = "bool" if bitfield_bools(node)[0] else node.dtype.name
         if len(shape) > 1:
             headers = [str(i) for i in range(shape[1])]
         elif len(shape) == 1:
@@ -174,7 +197,8 @@ def node_result(
         return Result(kind, headers, [name] * len(headers), shape, listing, meta, node=node)
     if kind == "table":
         names = list(node.dtype.names)
-        types = [column_type(node.dtype[n]) for n in names]
+        bools = bitfield_bools(node)[1]
+        types = ["bool" if n in bools else column_type(node.dtype[n]) for n in names]
         return Result(
             kind, names, types, [node.shape[0], len(names)], listing, meta, node=node,
             columns=names,
@@ -343,9 +367,11 @@ def _read_array(result: Result, slices: list[slice], limit: Callable[[int], None
     limit(math.prod(shape) * source.dtype.itemsize)
     if source.ndim == 0:
         raise Internal("a scalar cannot be sliced")
+    as_bool = bitfield_bools(source)[0]
     if 0 in shape:
-        return np.empty(shape, dtype=source.dtype.newbyteorder("="))
-    return native(np.asarray(source[tuple(slices)]))
+        return np.empty(shape, dtype=bool if as_bool else source.dtype.newbyteorder("="))
+    array = native(np.asarray(source[tuple(slices)]))
+    return array.view(np.bool_) if as_bool else array
 
 
 def _array_query(
@@ -427,7 +453,10 @@ def _table_rows(result: Result, rows: slice, limit: Callable[[int], None]) -> Fr
     limit(_length(rows) * node.dtype.itemsize)
     data = native(np.asarray(node[rows.start : max(rows.start, rows.stop)]))
     names = list(node.dtype.names or ())
-    return Frame(names, [np.asarray(data[n]) for n in names], len(data))
+    bools = bitfield_bools(node)[1]
+    columns = [np.asarray(data[n]).astype(bool) if n in bools else np.asarray(data[n])
+               for n in names]
+    return Frame(names, columns, len(data))
 
 
 def _table_filter(frame: Frame, cond: Filter) -> np.ndarray[Any, Any] | None:
