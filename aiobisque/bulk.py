@@ -355,7 +355,7 @@ class BulkDownloader:
                                    progress=lambda p: self.meter.partial(key, p),
                                    stats=block_stats)
                 finally:
-                    _merge(stats, block_stats)
+                    stats.add(block_stats)
 
                 def commit() -> None:
                     output.commit(grid, block, buf)
@@ -411,14 +411,3 @@ def _check_distinct(targets: Sequence[Target]) -> None:
         if key in seen:
             raise UsageError(f"downloads {seen[key] + 1} and {i + 1} both write {t.output}")
         seen[key] = i
-
-
-
-
-def _merge(total: DownloadStats, part: DownloadStats) -> None:
-    total.requests += part.requests
-    total.attempts += part.attempts
-    total.retries += part.retries
-    total.bytes += part.bytes
-    total.peak_in_flight = max(total.peak_in_flight, part.peak_in_flight)
-    total.errors.extend(part.errors[-10:])

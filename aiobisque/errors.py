@@ -9,6 +9,7 @@ plain ``except`` clause would use, so callers who do not know aiobisque still ca
     ├── AuthenticationError (PermissionError)    401, or credentials rejected at login
     ├── PermissionDeniedError (PermissionError)  403
     ├── NotFoundError (FileNotFoundError)        404, missing resource, node, or not an array
+    ├── UnsupportedError                         a node BisQue's table service cannot serve
     ├── BadRequestError (ValueError)             400, the server refused the query
     ├── ServerError                              5xx that retries did not cure
     ├── ProtocolError                            a response that breaks the protocol
@@ -56,6 +57,7 @@ __all__ = [
     "UploadError",
     "UploadNotTakenError",
     "UploadUncertainError",
+    "UnsupportedError",
     "UsageError",
 ]
 
@@ -127,6 +129,12 @@ class PermissionDeniedError(BisqueError, PermissionError):
 
 class NotFoundError(BisqueError, FileNotFoundError):
     """The resource or HDF node does not exist, or is not an array (HTTP 404)."""
+
+
+class UnsupportedError(BisqueError):
+    """The node exists, but BisQue's table service cannot serve it: a 0-d (scalar)
+    dataset, a variable-length string dataset, a nested table column. The message says
+    why and what to do instead."""
 
 
 class BadRequestError(BisqueError, ValueError):

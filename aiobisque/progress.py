@@ -51,6 +51,15 @@ class DownloadStats:
     complete: bool = False  # every request landed in the output
     errors: list[str] = field(default_factory=list)  # one line per retried error
 
+    def add(self, part: DownloadStats) -> None:
+        """Count ``part`` (one block or column of a larger download) into these stats."""
+        self.requests += part.requests
+        self.attempts += part.attempts
+        self.retries += part.retries
+        self.bytes += part.bytes
+        self.peak_in_flight = max(self.peak_in_flight, part.peak_in_flight)
+        self.errors.extend(part.errors[-10:])
+
     @property
     def throughput(self) -> float:
         """Result bytes per second."""

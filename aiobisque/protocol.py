@@ -24,7 +24,14 @@ from xml.etree import ElementTree
 
 import numpy as np
 
-from aiobisque.errors import NotFoundError, ProtocolError, ResponseTooLargeError, UsageError
+from aiobisque.errors import (
+    BisqueError,
+    NotFoundError,
+    ProtocolError,
+    ResponseTooLargeError,
+    UnsupportedError,
+    UsageError,
+)
 
 __all__ = [
     "ArrayInfo",
@@ -181,15 +188,26 @@ def parse_login_providers(text: str | bytes, url: str) -> list[str]:
     return [str(child.get("type")) for child in doc if child.get("type")]
 
 
-Kind = Literal["matrix", "table", "group"]
+#: ``matrix``: an N-D array (0-d for a scalar); ``table``: a PyTables table of named
+#: columns; ``group``; ``unsupported``: a node BisQue lists but cannot serve (a
+#: variable-length string dataset, BisQue's ``(unknown)`` type)
+Kind = Literal["matrix", "table", "group", "unsupported"]
+
+#: PyTables column types that have no fixed numpy type: text cells, nested columns
+TEXT_COLUMN = "string"
+NESTED_COLUMN = "(compound)"
 
 
 @dataclass(frozen=True)
 class ArrayInfo:
     """What ``info`` says about a node of an HDF file on the server.
 
-    ``kind`` is ``"matrix"`` (an N-D array), ``"table"`` (a compound table) or ``"group"``.
-    For groups ``shape`` and ``dtype`` are ``None`` and ``children`` lists the nodes inside.
+    ``kind`` is ``"matrix"`` (an N-D array; a scalar has shape ``()``), ``"table"`` (a
+    PyTables table), ``"group"`` or ``"unsupported"`` (see :data:`Kind`). For groups and
+    unsupported nodes ``shape`` and ``dtype`` are ``None``; ``children`` lists a group's
+    nodes. For tables ``shape`` is ``(rows,)``, ``headers`` the column names, ``types``
+    their PyTables types and ``dtype`` a structured type whose text columns (PyTables
+    ``string``, width unknown until read) and nested columns are ``object``.
     """
 
     uniq: str
@@ -214,7 +232,14 @@ class ArrayInfo:
     def nbytes(self) -> int:
         return 0 if self.dtype is None else self.size * self.dtype.itemsize
 
+    @property
+    def columns(self) -> dict[str, str]:
+        """A table's column names and their PyTables types (empty for other nodes)."""
+        return dict(zip(self.headers, self.types, strict=True)) if self.kind == "table" else {}
+
     def __repr__(self) -> str:
+        if self.kind == "unsupported":
+            return f"ArrayInfo({self.uniq}/{self.path}, kind='unsupported')"
         if self.kind == "group":
             body = f"children={len(self.children)}"
         else:
@@ -231,6 +256,13 @@ class ArrayInfo:
 
 # numpy names flexible types by their size in bits: bytes64 is S8, str256 is U8, void32 V4
 _FLEXIBLE_RE = re.compile(r"(bytes|str|void)(\d+)")
+
+
+def _column_dtype(name: Any, where: str, url: str) -> np.dtype[Any]:
+    """A table column's numpy type from its PyTables type (text and nested: object)."""
+    if name in (TEXT_COLUMN, NESTED_COLUMN):
+        return np.dtype(object)
+    return _dtype(name, where, url)
 
 
 def _dtype(name: Any, where: str, url: str) -> np.dtype[Any]:
@@ -272,7 +304,11 @@ def parse_info(
     if not isinstance(meta, dict):
         meta = {}
     if "sizes" not in doc:
-        # protocol: "info has no sizes" means "this path is not an array"
+        # no sizes: a group (its "group" list holds its children) or a node BisQue cannot
+        # describe, which it lists as itself with the type "(unknown)"
+        own = "/" + path.strip("/")
+        if any(p.rstrip("/") == own and k == "(unknown)" for p, k in children):
+            return ArrayInfo(uniq, path, "unsupported", None, None, meta=meta)
         return ArrayInfo(uniq, path, "group", None, None, meta=meta, children=tuple(children))
 
     sizes = doc["sizes"]
@@ -293,13 +329,14 @@ def parse_info(
         types = ["float64"]
     if not types:
         raise ProtocolError(f"{where} gives no element type", url=url)
-    is_table = bool(headers) and not all(h.isdigit() for h in headers)
+    # matrix headers are the column indices ("0", "1", ...; [""] for a scalar)
+    is_table = bool(headers) and not all(h.isdigit() or h == "" for h in headers)
     if is_table and len(headers) != len(types):
         raise ProtocolError(f"{where} has {len(headers)} columns but {len(types)} types", url=url)
     if is_table:
         try:
             dtype = np.dtype(
-                [(h, _dtype(t, where, url)) for h, t in zip(headers, types, strict=True)]
+                [(h, _column_dtype(t, where, url)) for h, t in zip(headers, types, strict=True)]
             )
         except ValueError as exc:
             raise ProtocolError(f"{where} has unusable table columns: {exc}", url=url) from None
@@ -332,8 +369,18 @@ def parse_info(
     )
 
 
-def not_an_array(info: ArrayInfo) -> NotFoundError:
-    """The error for trying to download a group."""
+def not_an_array(info: ArrayInfo) -> BisqueError:
+    """The error for reading a node that is not an array as one (a group, a table...)."""
+    where = f"{info.uniq}/{info.path}"
+    if info.kind == "table":
+        columns = ", ".join(f"{n} {t}" for n, t in list(info.columns.items())[:20])
+        return UsageError(f"{where} is a table ({info.shape[0] if info.shape else 0} rows; "
+                          f"columns {columns}): read it with load_table(uniq, path)")
+    if info.kind == "unsupported":
+        return UnsupportedError(
+            f"{where} cannot be read through BisQue's table service: it lists the node with "
+            "type (unknown) (a variable-length string dataset, or another type PyTables "
+            "cannot read); download the file itself to read it")
     inside = info.arrays()
     listing = ", ".join(inside[:20]) + (" ..." if len(inside) > 20 else "")
     hint = f"; arrays inside: {listing}" if inside else "; it holds no arrays"

@@ -252,14 +252,15 @@ class BisqueSession:
     def executor(self) -> ThreadPoolExecutor | None:
         return self._executor
 
-    async def get_document(self, url: str, what: str, config: Config | None = None) -> bytearray:
-        """GET a small document (XML/JSON) with retries; returns its body."""
+    async def get_document(self, url: str, what: str, config: Config | None = None, *,
+                           limit: int = _DOC_LIMIT) -> bytearray:
+        """GET a document (XML/JSON, at most ``limit`` bytes) with retries; returns its body."""
         cfg = config or self.config
         transport = self.transport
 
         async def attempt() -> bytearray:
             sink = BufferSink()
-            await transport.get(url, what=what, max_body=_DOC_LIMIT, sink=sink, config=cfg)
+            await transport.get(url, what=what, max_body=limit, sink=sink, config=cfg)
             return sink.body
 
         body, _ = await retrying(attempt, cfg.retry)
@@ -302,3 +303,4 @@ class BisqueSession:
     # shortcuts for the service nearly every caller wants (the sync Session has them too)
     info = _table_shortcut(TableService.info)
     load_array = _table_shortcut(TableService.load_array)
+    load_table = _table_shortcut(TableService.load_table)

@@ -151,6 +151,7 @@ class SyncTableService:
     open = _wrapping_twin(TableService.open, SyncRemoteArray)
     load_array = _twin(TableService.load_array)
 
+    load_table = _twin(TableService.load_table)
     store_array = _twin(TableService.store_array)
     store_table = _twin(TableService.store_table)
 
@@ -232,6 +233,7 @@ class Session:
     login_providers = _twin(BisqueSession.login_providers)
     info = _twin(BisqueSession.info)
     load_array = _twin(BisqueSession.load_array)
+    load_table = _twin(BisqueSession.load_table)
 
     def open(self, uniq: str, path: str | Sequence[str] = "", **options: Any) -> SyncRemoteArray:
         """``session.table.open(...)``: runs :meth:`TableService.open`."""

@@ -10,7 +10,16 @@ import numpy as np
 
 from aiobisque.config import Config
 from aiobisque.download import run_plan
-from aiobisque.errors import IncompleteDownloadError, UsageError
+from aiobisque.errors import (
+    AuthenticationError,
+    BadRequestError,
+    BisqueError,
+    IncompleteDownloadError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnsupportedError,
+    UsageError,
+)
 from aiobisque.plan import Plan, Request, make_plan
 from aiobisque.progress import DownloadStats, ProgressCallback
 from aiobisque.protocol import (
@@ -18,6 +27,7 @@ from aiobisque.protocol import (
     not_an_array,
     parse_info,
     parse_uniq,
+    redact_url,
     split_path,
     table_url,
 )
@@ -46,21 +56,101 @@ class TableService:
     async def info(
         self, /, uniq: str, path: str | Sequence[str] = "", **options: Any
     ) -> ArrayInfo:
-        """Metadata of a node: shape, dtype, kind, headers, types, meta, children."""
+        """Metadata of a node: shape, dtype, kind, headers, types, meta, children.
+
+        Real BisQue servers answer a mistyped path with 400 ("Unexpected symbol"), an
+        unknown resource with 401/403 and an empty group with 404; this asks the parent
+        (or the data service) what is really there and raises
+        :class:`~aiobisque.NotFoundError` naming the missing node and what exists instead,
+        or :class:`~aiobisque.PermissionDeniedError` saying who may not read what.
+        """
         cfg = self.session.config.for_call(**options)
         uniq = parse_uniq(uniq)
         parts = split_path(path)
         url = table_url(self.base_url, uniq, parts, None, ["info", "format:json"])
         shown = "/".join(parts)
-        body = await self.session.get_document(url, f"info of {uniq}/{shown}", cfg)
+        try:
+            body = await self.session.get_document(url, f"info of {uniq}/{shown}", cfg)
+        except BadRequestError as exc:
+            if not parts:
+                raise
+            raise await self._missing_node(uniq, parts, exc, options) from exc
+        except NotFoundError:
+            if not parts:
+                raise
+            empty = await self._empty_group(uniq, parts, options)
+            if empty is None:
+                raise
+            return empty
+        except (AuthenticationError, PermissionDeniedError) as exc:
+            raise await self._refused(uniq, exc, cfg) from exc
         return parse_info(bytes(body), uniq=uniq, path=shown, url=url, max_bytes=cfg.max_bytes)
+
+    async def _missing_node(self, uniq: str, parts: tuple[str, ...], exc: BisqueError,
+                            options: dict[str, Any]) -> BisqueError:
+        """The error for a 400 on ``parts``: BisQue parses a node it cannot find as a query."""
+        parent, name = parts[:-1], parts[-1]
+        where = "/" + "/".join(parent)
+        info = await self.info(uniq, parent, **options)  # a typo higher up raises there
+        if info.kind != "group":
+            return NotFoundError(
+                f"{uniq}: no node {name!r} under {where}, which is a {info.kind}, not a group",
+                url=exc.url, status=exc.status)
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p, _ in info.children]
+        if name in names:
+            return exc  # the node exists: the 400 is about something else
+        listing = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "") or "none"
+        return NotFoundError(f"{uniq}: no node {name!r} under {where} (children: {listing})",
+                             url=exc.url, status=exc.status)
+
+    async def _empty_group(self, uniq: str, parts: tuple[str, ...],
+                           options: dict[str, Any]) -> ArrayInfo | None:
+        """The info of an empty group (BisQue answers 404 for one), or ``None``."""
+        try:
+            parent = await self.info(uniq, parts[:-1], **options)
+        except BisqueError:
+            return None
+        own = "/" + "/".join(parts)
+        if any(p.rstrip("/") == own and k == "group" for p, k in parent.children):
+            return ArrayInfo(uniq, "/".join(parts), "group", None, None)
+        return None
+
+    async def _refused(self, uniq: str, exc: BisqueError, cfg: Config) -> BisqueError:
+        """A 401/403 on a resource said plainly: BisQue answers them for unknown uniqs too,
+        so the data service is asked whether the resource exists."""
+        session = self.session
+        who = f"user {session.user!r}" if session.user else "anonymous users"
+        data = session.services.get("data_service")
+        exists: bool | None = None
+        if data is not None:
+            try:
+                await session.get_document(data + uniq, f"resource {uniq}", cfg)
+                exists = True
+            except NotFoundError:
+                exists = False
+            except BisqueError:
+                exists = None  # refused there too: cannot tell
+        root = redact_url(session.root)
+        if exists is False:
+            return NotFoundError(f"resource {uniq} not found on {root} (HTTP 404 from its data "
+                                 "service)",
+                                 url=exc.url, status=404)
+        cls = type(exc)
+        if isinstance(exc, AuthenticationError):
+            text = (f"{uniq} needs a login" if exists else
+                    f"{uniq}: no such resource, or it needs a login") + f" (HTTP {exc.status})"
+        else:
+            text = (f"{uniq}: {who} may not read it" if exists else
+                    f"{uniq}: no such resource, or no access for {who}") + \
+                f" (HTTP {exc.status})"
+        return cls(text, url=exc.url, status=exc.status)
 
     async def open(
         self, /, uniq: str, path: str | Sequence[str] = "", **options: Any
     ) -> RemoteArray:
         """A :class:`RemoteArray` for an array node (one ``info`` request, no data yet)."""
         info = await self.info(uniq, path, **options)
-        if info.kind == "group":
+        if info.kind != "matrix":
             raise not_an_array(info)
         return RemoteArray(self, info)
 
@@ -84,6 +174,47 @@ class TableService:
         arr = await self.open(uniq, path, **options)
         sel = bqapi_selection(slices, arr.shape)
         return await arr._read(sel, out=out, progress=progress, stats=stats, options=options)
+
+    async def load_table(
+        self, /,
+        uniq: str,
+        path: str | Sequence[str],
+        rows: int | slice | None = None,
+        columns: str | Sequence[str] | None = None,
+        *,
+        as_dataframe: bool = False,
+        progress: ProgressCallback | None = None,
+        stats: DownloadStats | None = None,
+        **options: Any,
+    ) -> Any:
+        """Download a table (a PyTables ``Table``: per-feature data, EBSD points...).
+
+        Returns a numpy structured array with the table's exact column types (ints stay
+        ints, bools bools, text columns ``str``), or a pandas DataFrame with
+        ``as_dataframe=True`` (``pip install 'aiobisque[pandas]'``). ``rows`` follows
+        numpy (``slice(-10, None)``, ``slice(None, None, 2)``; an int gives one record);
+        ``columns`` names the columns wanted, in order (default: all).
+
+        Each column is fetched on its own, chunked by rows and concurrently under the
+        session's limits, so no value passes through the lossy common type BisQue's
+        multi-column answers use (see :mod:`aiobisque.columns`).
+
+        >>> feats = await bq.table.load_table(uniq, "DataContainers/Grains/FeatureData",
+        ...                                   columns=["Volumes", "Phases"])  # doctest: +SKIP
+        """
+        from aiobisque.columns import as_dataframe as to_frame
+        from aiobisque.columns import read_table
+
+        cfg = self.session.config.for_call(**options)
+        info = await self.info(uniq, path, **options)
+        if info.kind != "table":
+            where = f"{info.uniq}/{info.path}"
+            if info.kind == "matrix":
+                raise UsageError(f"{where} is an array, not a table: read it with load_array")
+            raise not_an_array(info)
+        records = await read_table(self, info, rows, columns, config=cfg, progress=progress,
+                                   stats=stats)
+        return to_frame(records) if as_dataframe else records
 
     async def store_array(
         self,
@@ -250,6 +381,13 @@ class RemoteArray:
         ``plan`` is the selection's plan when the caller already made one. Errors are
         raised as they are: whether a half-filled ``dest`` matters is the caller's call.
         """
+        if not self.shape:
+            # BisQue slices every answer with a range; a PyTables scalar cannot be sliced,
+            # so every data request for one answers 500: refuse rather than retry that
+            raise UnsupportedError(
+                f"{self._where} is a 0-d (scalar) dataset, which BisQue's table service "
+                f"cannot serve (its data requests answer 500); its info says {self.dtype} "
+                "and nothing more: download the file itself to read it")
         plan = plan if plan is not None else make_plan(sel, self.dtype.itemsize,
                                                         config.request_bytes)
         session = self.table.session

@@ -237,8 +237,9 @@ def test_typo_in_path_is_a_clear_not_found(capsys: pytest.CaptureFixture[str],
     status, _, err = run(capsys, "download", thread_server.root, "vol", "grp/lables", "-o",
                          tmp_path / "x.npy", *login)
     assert status == EXIT_FAILED
-    assert err == ("aiobisque download: error: info of vol/grp/lables was not found "
-                   "(HTTP 404): no node 'lables' under /grp\n")
+    # real BisQue answers 400 "Unexpected symbol"; the client asks /grp what it holds
+    assert err == ("aiobisque download: error: vol: no node 'lables' under /grp "
+                   "(children: labels)\n")
     status, _, err = run(capsys, "info", thread_server.root, "00-noSuchThing", *login)
     assert status == EXIT_FAILED and "00-noSuchThing" in err and "not found" in err
     status, _, err = run(capsys, "download", thread_server.root, "vol", "grp", "-o",
@@ -331,8 +332,8 @@ def test_from_list_with_one_bad_entry(capsys: pytest.CaptureFixture[str], thread
                            "2", *login)
     assert status == EXIT_FAILED
     assert "4 downloads: 3 done, 1 failed" in out
-    assert "FAILED  missing.npy (vol/nowhere/at/all): info of vol/nowhere/at/all was not " \
-           "found" in out
+    assert "FAILED  missing.npy (vol/nowhere/at/all): vol: no node 'nowhere' under / " \
+           "(children: grp, volume)" in out
     assert np.array_equal(np.load("v.npy"), expected(folder, "vol", "volume")[0:10, ::2])
     with h5py.File("phases one.h5", "r") as f:
         assert f["Phases"].shape == (5, 5, 5, 1)

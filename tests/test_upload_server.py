@@ -102,7 +102,10 @@ async def test_upload_answer_is_bisques(srv: TableServer, http: aiohttp.ClientSe
     assert (Path(srv.folder) / f"{uniq}.h5").is_file()
     async with http.get(f"{srv.root}/table/{uniq}/x/0;2,0;3/format:json", headers=ALICE) as resp:
         assert resp.status == 200
-        assert [list(row.values()) for row in await resp.json()] == data.tolist()
+        # a 2-D array of at most 5 columns answers one object per column (BisQue's layout)
+        columns = await resp.json()
+    assert [c["header"] for c in columns] == ["0", "1", "2", "3"]
+    assert [c["data"] for c in columns] == data.T.tolist()
 
 
 async def test_every_transfer_name_is_the_entry_point(srv: TableServer,
