@@ -147,13 +147,16 @@ def node_kind(node: Any) -> str:
 
 
 def column_type(dtype: np.dtype[Any]) -> str:
-    """A compound field's PyTables column type (``string``, ``int32``... ``(compound)``)."""
+    """A compound field's PyTables column type (``string``, ``int32``... ``(compound)``).
+
+    h5py stores booleans as an HDF5 enum, which PyTables calls ``enum``.
+    """
     if dtype.names:
         return "(compound)"
     if dtype.kind == "S":
         return "string"
     if dtype.kind == "b":
-        return "bool"
+        return "enum"
     return str(dtype.base.name)
 
 
@@ -164,7 +167,7 @@ def node_result(
     kind = node_kind(node)
     if kind == "matrix":
         shape = list(node.shape)
-        name = node.dtype.name
+        name = as_read(node.dtype).name
         if len(shape) > 1:
             headers = [str(i) for i in range(shape[1])]
         elif len(shape) == 1:
@@ -184,12 +187,19 @@ def node_result(
     return Result(kind, [], [], [], listing, meta, frame=empty)
 
 
+def as_read(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """The dtype PyTables reads a dataset of ``dtype`` as: native byte order, and h5py's
+    booleans (an HDF5 enum of int8) as ``int8``."""
+    if dtype.names:
+        return np.dtype([(n, as_read(dtype[n])) for n in dtype.names])
+    if dtype.kind == "b":
+        return np.dtype(np.int8)
+    return dtype.newbyteorder("=")
+
+
 def native(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    """``array`` in native byte order (PyTables reads and writes native)."""
-    if array.dtype.names:
-        fields = [(n, array.dtype[n].newbyteorder("=")) for n in array.dtype.names]
-        return array.astype(np.dtype(fields), copy=False)
-    return array.astype(array.dtype.newbyteorder("="), copy=False)
+    """``array`` as PyTables reads it (see :func:`as_read`)."""
+    return array.astype(as_read(array.dtype), copy=False)
 
 
 # -- selections ------------------------------------------------------------------------
@@ -344,7 +354,7 @@ def _read_array(result: Result, slices: list[slice], limit: Callable[[int], None
     if source.ndim == 0:
         raise Internal("a scalar cannot be sliced")
     if 0 in shape:
-        return np.empty(shape, dtype=source.dtype.newbyteorder("="))
+        return np.empty(shape, dtype=as_read(source.dtype))
     return native(np.asarray(source[tuple(slices)]))
 
 
@@ -477,7 +487,7 @@ def _table_query(
         for ix, sel in enumerate(sels):
             for col in _columns(sel.selectors, result.headers):
                 if col not in frame.names:
-                    raise Internal(f"no column {col!r}")
+                    raise QueryError(f"column {col} not found")
                 alias = sel.alias or col
                 if alias in names:
                     alias = f"{alias}_{ix}"
@@ -500,3 +510,15 @@ def _table_query(
         "table", list(names), types, [nrows, len(names)], result.tables, result.meta,
         frame=out, offset=offset,
     )  # fmt: skip
+
+
+def whole_node(result: Result, limit: Callable[[int], None]) -> Any:
+    """All of a node nothing was selected from, as BisQue's XML and CSV exporters see it.
+
+    BisQue hands those exporters the PyTables node itself; they index it row by row, so
+    they work where the binary and JSON exporters fail.
+    """
+    node = result.node
+    assert node is not None
+    limit(node.size * node.dtype.itemsize)
+    return native(np.asarray(node[()]))

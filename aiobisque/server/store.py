@@ -28,6 +28,7 @@ from aiobisque.server.engine import (
     node_kind,
     node_result,
     run_query,
+    whole_node,
 )
 from aiobisque.server.export import Body
 from aiobisque.server.formats import FORMATS, BadRequest, export_data, export_info
@@ -321,7 +322,11 @@ class Store:
             raise _fail(400, f"Requested export format ({fmt}) is not supported")
         if any("info" in e for e in ops):
             return Answer(200, export_info(result, fmt, query.url))
-        return Answer(200, export_data(result, fmt, query.url, query.layout), data=True)
+        whole = None
+        untouched = result.node is not None and result.array is None and result.frame is None
+        if fmt in ("csv", "xml") and untouched:
+            whole = whole_node(result, limit)
+        return Answer(200, export_data(result, fmt, query.url, query.layout, whole), data=True)
 
     def _listing(self, node: Any, kind: str) -> list[dict[str, str]]:
         """BisQue's ``group`` entry: a group's children, or the node itself."""
