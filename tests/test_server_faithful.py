@@ -414,6 +414,13 @@ ROWS: list[tuple[str, str, int, str, Callable[[bytes], bool]]] = [
         ),
     ),
     (
+        "a filter comparing a string column with a number: 400 from PyTables' compiler",
+        'tab/t/{[:,"label"] > 1}/format:json',
+        400,
+        HTML,
+        says("Error in query: unsupported operand types for *gt*: str, double"),
+    ),
+    (
         "projection picks and orders columns",
         'tab/t/[:,"x"],[:,"id"]/format:extjs',
         200,

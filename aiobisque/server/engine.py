@@ -53,6 +53,7 @@ _AGG: dict[str, Callable[..., Any]] = {
     "var": np.nanvar,
 }
 _DIM = re.compile(r"__dim([0-9]+)__")
+_PYTABLES_OP = {"=": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
 _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
     "=": lambda x, y: x == y,
     "!=": lambda x, y: x != y,
@@ -440,10 +441,15 @@ def _table_rows(result: Result, rows: slice, limit: Callable[[int], None]) -> Fr
     return Frame(names, [np.asarray(data[n]) for n in names], len(data))
 
 
-def _table_filter(frame: Frame, cond: Filter) -> np.ndarray[Any, Any] | None:
-    """Which rows pass ``cond`` (``None``: the condition names no column, so all pass)."""
+def _table_filter(frame: Frame, cond: Filter, on_node: bool) -> np.ndarray[Any, Any] | None:
+    """Which rows pass ``cond`` (``None``: the condition names no column, so all pass).
+
+    ``on_node``: the rows come from a PyTables table (BisQue compiles the condition for
+    PyTables), not from an earlier op's DataFrame (BisQue compares with pandas).
+    """
     if isinstance(cond, Logical):
-        left, right = _table_filter(frame, cond.left), _table_filter(frame, cond.right)
+        left = _table_filter(frame, cond.left, on_node)
+        right = _table_filter(frame, cond.right, on_node)
         if left is None or right is None:
             return left if left is not None else right
         return np.asarray(left | right if cond.op == "or" else left & right)
@@ -458,6 +464,10 @@ def _table_filter(frame: Frame, cond: Filter) -> np.ndarray[Any, Any] | None:
             raise Internal(f"no column {name!r}")
         column = frame.columns[frame.names.index(name)]
         if column.dtype.kind not in "iuf":
+            if on_node and column.dtype.kind == "S":
+                # PyTables' condition compiler refuses it, an error BisQue reports as 400
+                op = _PYTABLES_OP[cond.comp]
+                raise QueryError(f"unsupported operand types for *{op}*: str, double")
             raise Internal(f"column {name!r} cannot be compared with a number")
         keep |= np.asarray(_COMPARE[cond.comp](column, value))
     return keep
@@ -474,7 +484,7 @@ def _table_query(
     rows = slices[0] if slices else slice(0, 0)
     frame = _table_rows(result, rows, limit)
     if cond is not None:
-        keep = _table_filter(frame, cond)
+        keep = _table_filter(frame, cond, on_node=result.frame is None)
         if keep is not None:
             frame = Frame(frame.names, [c[keep] for c in frame.columns], int(keep.sum()))
     all_types = dict(zip(result.headers, result.types, strict=False))

@@ -271,6 +271,10 @@ class Store:
             return Answer.error(503, f"Server busy: {exc}; retry later", Retry_After="5")
         except (Internal, KeyError) as exc:
             return Answer.error(500, f"Internal error: {exc}")
+        except (IndexError, TypeError, ValueError, OSError) as exc:
+            # BisQue's exporters fail the same way on the same selections (e.g. the type
+            # of a nested JSON answer with no columns): an internal error, not a crash
+            return Answer.error(500, f"Internal error: {type(exc).__name__}: {exc}")
 
     def _answer(self, h5: h5py.File, query: TableQuery) -> Answer:
         node: Any = h5["/"]
