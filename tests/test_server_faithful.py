@@ -40,6 +40,7 @@ def folder(tmp_path: Path) -> Path:
     samples.write_array(tmp_path, "m", "v1", np.arange(10, dtype=np.int16))
     samples.write_array(tmp_path, "m", "be", BE)
     samples.write_array(tmp_path, "m", "scalar", np.array(2.5))
+    samples.write_array(tmp_path, "m", "flags", np.array([[True, False], [False, True]]))
     samples.write_table(tmp_path, "tab", "t", nrows=7)
     with h5py.File(tmp_path / "odd.h5", "w") as h5:
         h5["num"] = NUM
@@ -242,6 +243,37 @@ ROWS: list[tuple[str, str, int, str, Callable[[bytes], bool]]] = [
     ),
     # -- what a data request needs
     ("a data request without a range: 500", "m/m2/format:hdf", 500, HTML, says("500")),
+    (
+        "... also in json (the exporter gets the PyTables node)",
+        "m/v1/format:json",
+        500,
+        HTML,
+        says("500"),
+    ),
+    (
+        "... but xml reads the node row by row: 200",
+        "m/v1/format:xml",
+        200,
+        "text/xml",
+        lambda b: (
+            ET.fromstring(b).find("tag[@name='table']").get("value")  # type: ignore[union-attr]
+            == "0;1;2;3;4;5;6;7;8;9"
+        ),
+    ),
+    (
+        "... and csv of a 1-D node: 200",
+        "m/v1/format:csv",
+        200,
+        "text/csv",
+        lambda b: b == b"0\n" + b"".join(b"%d\n" % i for i in range(10)),
+    ),
+    (
+        "csv of a table node: pandas sees rows but no columns",
+        "tab/t/format:csv",
+        200,
+        "text/csv",
+        lambda b: b == b"id,x,label\n" + b"\n" * 7,
+    ),
     ("a request without format: 500 (no XML default)", "m/m2/;,;", 500, HTML, says("500")),
     ("bare info: 500", "m/m2/info", 500, HTML, says("500")),
     (
@@ -310,6 +342,27 @@ ROWS: list[tuple[str, str, int, str, Callable[[bytes], bool]]] = [
         "text/html",
         lambda b: b == b"",
     ),
+    (
+        "h5py booleans are an int8 enum to PyTables: typed and served as int8",
+        "m/flags/;,;/format:hdf",
+        200,
+        HDF,
+        hdf_equals(np.array([[1, 0], [0, 1]], dtype=np.int8)),
+    ),
+    (
+        "xml info of a table node says matrix (only DataFrames are tables there)",
+        "tab/t/info/format:xml",
+        200,
+        "text/xml",
+        lambda b: ET.fromstring(b).find("tag[@name='type']").get("value") == "matrix",  # type: ignore[union-attr]
+    ),
+    (
+        "xml as lxml writes it: empty elements without a space",
+        "m/v1/0/format:xml",
+        200,
+        "text/xml",
+        lambda b: b'<tag name="offset" value="0"/>' in b,
+    ),
     # -- csv and xml
     ("csv of a 1-D array", "m/v1/2;4/format:csv", 200, "text/csv", lambda b: b == b"0\n2\n3\n4\n"),
     (
@@ -359,6 +412,13 @@ ROWS: list[tuple[str, str, int, str, Callable[[bytes], bool]]] = [
             doc(b)["data"][3] == [None, None, None, 21.0, 22.0, 23.0]
             and doc(b)["types"][0] == "int16"
         ),
+    ),
+    (
+        "a filter comparing a string column with a number: 400 from PyTables' compiler",
+        'tab/t/{[:,"label"] > 1}/format:json',
+        400,
+        HTML,
+        says("Error in query: unsupported operand types for *gt*: str, double"),
     ),
     (
         "projection picks and orders columns",

@@ -7,14 +7,20 @@ in a daemon thread (for synchronous clients such as ``bqapi``). Both yield a
 
 The pieces: :mod:`~aiobisque.server.routes` (the route table and the one place requests
 are counted), :mod:`~aiobisque.server.auth` (logins and access rules),
-:mod:`~aiobisque.server.store` (what a table path answers), and
-:mod:`~aiobisque.server.sending` (pacing and injected faults on the wire).
+:mod:`~aiobisque.server.table_service` (the table service's requests, faults and memory
+bounds), :mod:`~aiobisque.server.store` with :mod:`~aiobisque.server.query`,
+:mod:`~aiobisque.server.engine` and :mod:`~aiobisque.server.formats` (what a table path
+answers, as BisQue's own code does), :mod:`~aiobisque.server.sending` (pacing and injected
+faults on the wire) and :mod:`~aiobisque.server.connections` (the header deadline).
+
+This module keeps the small services (discovery, session, data service, module
+executions) and the runners. Another service is one more :class:`Route` in
+``TableServer.__init__``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import datetime
 import os
@@ -34,7 +40,6 @@ from aiobisque.server.connections import GuardedRunner
 from aiobisque.server.faults import FaultPlan
 from aiobisque.server.imports import ImportService
 from aiobisque.server.routes import (
-    STATUS_COUNTED,
     Call,
     Route,
     Router,
@@ -44,8 +49,9 @@ from aiobisque.server.routes import (
     text_response,
 )
 from aiobisque.server.sending import BodySender
-from aiobisque.server.stats import DataOutcome, ServerStats
-from aiobisque.server.store import Answer, Limits, MemoryBudget, Store, TableQuery
+from aiobisque.server.stats import ServerStats
+from aiobisque.server.store import Limits, Store
+from aiobisque.server.table_service import TableService, table_kind
 
 __all__ = ["DEMO_MEX_TOKENS", "DEMO_USERS", "TableServer", "run_server", "serve_in_thread"]
 
@@ -55,14 +61,6 @@ DEMO_MEX_TOKENS: Mapping[str, str] = MappingProxyType({"TOKEN123": "alice"})
 
 SERVICES = (
     "data_service", "auth_service", "blob_service", "image_service", "module_service", "import"
-)
-
-
-# what a real server answers when its exporter finds array.h5 already open
-_HDF_CLASH = Answer.error(
-    500,
-    "ValueError: The file 'array.h5' is already opened. Please close it before reopening"
-    " in write mode.",
 )
 
 
@@ -116,16 +114,19 @@ class TableServer:
         self.hdf_layout = hdf_layout
         self.stats = ServerStats()
         self.root = ""
-        self._faults = faults
-        self._data_seq = 0
-        self._hdf_exports = 0  # format:hdf answers being built or sent now
         self._closing = asyncio.Event()
         self.sender = BodySender(self.stats, self._closing)
-        # h5py serialises HDF5 calls on one lock; a few threads still let encoding and
-        # socket writes overlap with a read
-        self._executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="bisque-table")
+        self.tables = TableService(
+            self.store,
+            self.rules,
+            self.stats,
+            self.sender,
+            plan=faults,
+            layout=hdf_layout,
+            limits=limits,
+        )
         self.limits = limits
-        self.budget = MemoryBudget(limits.total_bytes)
+        self.budget = self.tables.budget
         self.router = Router(
             self.prefix, self.stats, self.auth, listed=SERVICES, latency=self._latency
         )
@@ -139,7 +140,7 @@ class TableServer:
                 self._login_providers,
                 login=False,
             ),
-            Route(table_service, any_segment, _table_kind, self._table),
+            Route(table_service, any_segment, table_kind, self.tables.handle),
             Route("data_service", single, "data_service", self._resource),
             Route("module_service", lambda rest: rest[:1] == ["mex"], "other", self._mex),
             Route("import", lambda rest: True, "import", self._import),  # any transfer* name
@@ -151,17 +152,16 @@ class TableServer:
     @property
     def faults(self) -> FaultPlan:
         """The fault plan for the next data requests."""
-        return self._faults
+        return self.tables.plan
 
     @faults.setter
     def faults(self, plan: FaultPlan) -> None:
         if not isinstance(plan, FaultPlan):
             raise TypeError("faults must be a FaultPlan")
-        self._faults = plan
-        self._data_seq = 0
+        self.tables.install(plan)
 
     def _latency(self) -> float:
-        return self._faults.latency
+        return self.tables.plan.latency
 
     @property
     def users(self) -> dict[str, str]:
@@ -271,153 +271,10 @@ class TableServer:
         uri = self.service_url("module_service") + "mex/" + token
         return ET.Element("mex", name="script", value="RUNNING", resource_uniq=token, uri=uri)
 
-    # -- table service -----------------------------------------------------------------
-
-    def _table_file(self, uniq: str, user: str | None) -> Path | web.Response:
-        """The file for ``uniq``, or BisQue's refusal: 401/403, also for no such resource.
-
-        (BisQue's table service asks the data service for the resource, which answers
-        nothing both for a missing resource and for one the user may not read.)
-        """
-        file = self.store.locate(uniq)
-        denied = self.rules.missing(user) if file is None else self.rules.check(uniq, user)
-        if denied is not None:
-            return self._plain(Answer.error(denied.status, denied.reason))
-        assert file is not None
-        return file
-
-    def _query(self, call: Call) -> tuple[str, TableQuery]:
-        """The uniq and the rest of a table path, split as BisQue splits it.
-
-        BisQue reads the path *with* its query string, so ``?x=1`` sticks to the last
-        element (``format:hdf?x=1`` is then an unknown format); empty elements are dropped.
-        """
-        raw = list(call.rest)
-        query_string = call.request.rel_url.raw_query_string
-        if query_string:
-            raw[-1] += "?" + query_string
-        components = [urllib.parse.unquote(part) for part in raw if part]
-        query = TableQuery(
-            components[1:],
-            url=str(call.request.url),
-            layout=self.hdf_layout,
-            limits=self.limits,
-            budget=self.budget,
-        )
-        return components[0], query
-
-    async def _table(self, call: Call) -> web.StreamResponse:
-        uniq, query = self._query(call)
-        if query.wants_info:
-            file = self._table_file(uniq, call.user)
-            if isinstance(file, web.Response):
-                return file
-            try:
-                return self._plain(await self._answer(file, query))
-            finally:
-                query.release()
-        try:
-            return await self._data(call.request, call.user, uniq, query)
-        finally:
-            # the body has been sent (or given up): its bytes may go
-            query.release()
-
-    async def _answer(self, file: Any, query: TableQuery) -> Answer:
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self.store.answer, file, query)
-        try:
-            return await future
-        except asyncio.CancelledError:
-            # the worker thread goes on and may still take budget: give it back after
-            future.add_done_callback(lambda _: query.release())
-            raise
-
-    @staticmethod
-    def _plain(answer: Answer) -> web.Response:
-        body = b"".join(bytes(part) for part in answer.body.parts)
-        response = web.Response(status=answer.status, body=body, headers=dict(answer.headers))
-        response.headers["Content-Type"] = answer.body.content_type
-        return response
-
-    async def _data(
-        self, request: web.Request, user: str | None, uniq: str, query: TableQuery
-    ) -> web.StreamResponse:
-        n = self._data_seq
-        self._data_seq += 1
-        plan = self._faults
-        decision = plan.decide(n)
-        stats = self.stats
-        outcome = DataOutcome(stats, (uniq, *query.components), query)
-        request[STATUS_COUNTED] = True
-        try:
-            response = await self._data_response(
-                request, user, uniq, query, plan, decision, outcome
-            )
-            if not outcome.kept:  # a plain response: aiohttp sends it after this returns
-                outcome.status = response.status
-                outcome.keep()
-            return response
-        finally:
-            outcome.keep(sent=False)  # cancelled or failed: logged, no status was sent
-
-    async def _data_response(
-        self,
-        request: web.Request,
-        user: str | None,
-        uniq: str,
-        query: TableQuery,
-        plan: FaultPlan,
-        decision: Any,
-        outcome: DataOutcome,
-    ) -> web.StreamResponse:
-        file = self._table_file(uniq, user)
-        if isinstance(file, web.Response):
-            return file
-        if decision.kind in ("error", "throttle"):
-            self.stats.fault(decision.kind)
-            outcome.fault = decision.kind
-            if decision.kind == "error":
-                return text_response(decision.status, "injected error")
-            return text_response(429, "slow down", {"Retry-After": plan.retry_after})
-        if query.requested_format == "hdf":
-            if plan.hdf_name_clash and self._hdf_exports:
-                self.stats.fault("hdf_clash")
-                outcome.fault = "hdf_clash"
-                query.format = "hdf"
-                return self._plain(_HDF_CLASH)
-            self._hdf_exports += 1
-            try:
-                return await self._export(request, file, query, plan, decision, outcome)
-            finally:
-                self._hdf_exports -= 1
-        return await self._export(request, file, query, plan, decision, outcome)
-
-    async def _export(
-        self,
-        request: web.Request,
-        file: Path,
-        query: TableQuery,
-        plan: FaultPlan,
-        decision: Any,
-        outcome: DataOutcome,
-    ) -> web.StreamResponse:
-        answer = await self._answer(file, query)
-        if answer.status != 200 or not answer.data:
-            return self._plain(answer)
-        if decision.kind is not None:
-            self.stats.fault(decision.kind)
-            outcome.fault = decision.kind
-            return await self.sender.send_faulty(request, answer.body, plan, decision, outcome)
-        return await self.sender.send(request, answer.body, plan, outcome)
-
     def close(self) -> None:
         """Wake stalled responses and stop the worker threads."""
         self._closing.set()
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _table_kind(rest: list[str]) -> str:
-    return "info" if "info" in rest else "data"
+        self.tables.close()
 
 
 @contextlib.asynccontextmanager

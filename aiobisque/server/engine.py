@@ -53,6 +53,7 @@ _AGG: dict[str, Callable[..., Any]] = {
     "var": np.nanvar,
 }
 _DIM = re.compile(r"__dim([0-9]+)__")
+_PYTABLES_OP = {"=": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
 _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
     "=": lambda x, y: x == y,
     "!=": lambda x, y: x != y,
@@ -147,13 +148,16 @@ def node_kind(node: Any) -> str:
 
 
 def column_type(dtype: np.dtype[Any]) -> str:
-    """A compound field's PyTables column type (``string``, ``int32``... ``(compound)``)."""
+    """A compound field's PyTables column type (``string``, ``int32``... ``(compound)``).
+
+    h5py stores booleans as an HDF5 enum, which PyTables calls ``enum``.
+    """
     if dtype.names:
         return "(compound)"
     if dtype.kind == "S":
         return "string"
     if dtype.kind == "b":
-        return "bool"
+        return "enum"
     return str(dtype.base.name)
 
 
@@ -187,7 +191,7 @@ def node_result(
     kind = node_kind(node)
     if kind == "matrix":
         shape = list(node.shape)
-        name = "bool" if bitfield_bools(node)[0] else node.dtype.name
+        name = "bool" if bitfield_bools(node)[0] else as_read(node.dtype).name
         if len(shape) > 1:
             headers = [str(i) for i in range(shape[1])]
         elif len(shape) == 1:
@@ -208,12 +212,19 @@ def node_result(
     return Result(kind, [], [], [], listing, meta, frame=empty)
 
 
+def as_read(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """The dtype PyTables reads a dataset of ``dtype`` as: native byte order, and h5py's
+    booleans (an HDF5 enum of int8) as ``int8``."""
+    if dtype.names:
+        return np.dtype([(n, as_read(dtype[n])) for n in dtype.names])
+    if dtype.kind == "b":
+        return np.dtype(np.int8)
+    return dtype.newbyteorder("=")
+
+
 def native(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    """``array`` in native byte order (PyTables reads and writes native)."""
-    if array.dtype.names:
-        fields = [(n, array.dtype[n].newbyteorder("=")) for n in array.dtype.names]
-        return array.astype(np.dtype(fields), copy=False)
-    return array.astype(array.dtype.newbyteorder("="), copy=False)
+    """``array`` as PyTables reads it (see :func:`as_read`)."""
+    return array.astype(as_read(array.dtype), copy=False)
 
 
 # -- selections ------------------------------------------------------------------------
@@ -369,7 +380,7 @@ def _read_array(result: Result, slices: list[slice], limit: Callable[[int], None
         raise Internal("a scalar cannot be sliced")
     as_bool = bitfield_bools(source)[0]
     if 0 in shape:
-        return np.empty(shape, dtype=bool if as_bool else source.dtype.newbyteorder("="))
+        return np.empty(shape, dtype=bool if as_bool else as_read(source.dtype))
     array = native(np.asarray(source[tuple(slices)]))
     return array.view(np.bool_) if as_bool else array
 
@@ -459,10 +470,15 @@ def _table_rows(result: Result, rows: slice, limit: Callable[[int], None]) -> Fr
     return Frame(names, columns, len(data))
 
 
-def _table_filter(frame: Frame, cond: Filter) -> np.ndarray[Any, Any] | None:
-    """Which rows pass ``cond`` (``None``: the condition names no column, so all pass)."""
+def _table_filter(frame: Frame, cond: Filter, on_node: bool) -> np.ndarray[Any, Any] | None:
+    """Which rows pass ``cond`` (``None``: the condition names no column, so all pass).
+
+    ``on_node``: the rows come from a PyTables table (BisQue compiles the condition for
+    PyTables), not from an earlier op's DataFrame (BisQue compares with pandas).
+    """
     if isinstance(cond, Logical):
-        left, right = _table_filter(frame, cond.left), _table_filter(frame, cond.right)
+        left = _table_filter(frame, cond.left, on_node)
+        right = _table_filter(frame, cond.right, on_node)
         if left is None or right is None:
             return left if left is not None else right
         return np.asarray(left | right if cond.op == "or" else left & right)
@@ -477,6 +493,10 @@ def _table_filter(frame: Frame, cond: Filter) -> np.ndarray[Any, Any] | None:
             raise Internal(f"no column {name!r}")
         column = frame.columns[frame.names.index(name)]
         if column.dtype.kind not in "iuf":
+            if on_node and column.dtype.kind == "S":
+                # PyTables' condition compiler refuses it, an error BisQue reports as 400
+                op = _PYTABLES_OP[cond.comp]
+                raise QueryError(f"unsupported operand types for *{op}*: str, double")
             raise Internal(f"column {name!r} cannot be compared with a number")
         keep |= np.asarray(_COMPARE[cond.comp](column, value))
     return keep
@@ -493,7 +513,7 @@ def _table_query(
     rows = slices[0] if slices else slice(0, 0)
     frame = _table_rows(result, rows, limit)
     if cond is not None:
-        keep = _table_filter(frame, cond)
+        keep = _table_filter(frame, cond, on_node=result.frame is None)
         if keep is not None:
             frame = Frame(frame.names, [c[keep] for c in frame.columns], int(keep.sum()))
     all_types = dict(zip(result.headers, result.types, strict=False))
@@ -506,7 +526,7 @@ def _table_query(
         for ix, sel in enumerate(sels):
             for col in _columns(sel.selectors, result.headers):
                 if col not in frame.names:
-                    raise Internal(f"no column {col!r}")
+                    raise QueryError(f"column {col} not found")
                 alias = sel.alias or col
                 if alias in names:
                     alias = f"{alias}_{ix}"
@@ -529,3 +549,15 @@ def _table_query(
         "table", list(names), types, [nrows, len(names)], result.tables, result.meta,
         frame=out, offset=offset,
     )  # fmt: skip
+
+
+def whole_node(result: Result, limit: Callable[[int], None]) -> Any:
+    """All of a node nothing was selected from, as BisQue's XML and CSV exporters see it.
+
+    BisQue hands those exporters the PyTables node itself; they index it row by row, so
+    they work where the binary and JSON exporters fail.
+    """
+    node = result.node
+    assert node is not None
+    limit(node.size * node.dtype.itemsize)
+    return native(np.asarray(node[()]))

@@ -1,8 +1,9 @@
-"""Response bodies for the table service: HDF5 file images, JSON, CSV and XML.
+"""The ``format:hdf`` body: an HDF5 file image with one ``/array`` (text formats: :mod:`formats`).
 
 The HDF5 image is what BisQue's exporter produces with PyTables ``create_array(root,
-"array", data)``: one dataset ``/array``, contiguous and uncompressed, in the data's own dtype
-and byte order, with PyTables' ``CLASS``/``VERSION``/``TITLE``/``FLAVOR`` attributes.
+"array", data)``: one dataset ``/array``, contiguous and uncompressed, in the dtype it is
+given (the table service hands it native-order data, as PyTables reads it), with
+PyTables' ``CLASS``/``VERSION``/``TITLE``/``FLAVOR`` attributes.
 
 Building it with h5py for every request would copy the slice twice (into HDF5's in-memory
 file, then out as ``bytes``). Instead the file *around* the data is made once per
@@ -16,25 +17,14 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 import math
-import xml.etree.ElementTree as ET
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import h5py
 import numpy as np
 
-__all__ = [
-    "Body",
-    "csv_body",
-    "hdf_body",
-    "hdf_image",
-    "json_body",
-    "jsonable",
-    "xml_body",
-]
+__all__ = ["Body", "hdf_body", "hdf_image"]
 
 HDF_CONTENT_TYPE = "application/x-hdf5"
 _PYTABLES_ARRAY_ATTRS = {"CLASS": b"ARRAY", "VERSION": b"2.4", "FLAVOR": b"numpy"}
@@ -52,11 +42,6 @@ class Body:
     def length(self) -> int:
         """Total size in bytes."""
         return sum(memoryview(part).nbytes for part in self.parts)
-
-    @classmethod
-    def text(cls, text: str, content_type: str) -> Body:
-        """A UTF-8 text body."""
-        return cls((text.encode("utf-8"),), f"{content_type}; charset=utf-8")
 
 
 class _SparseFile:
@@ -218,84 +203,3 @@ def hdf_body(array: np.ndarray[Any, Any], layout: str = "contiguous") -> Body:
 def hdf_image(array: np.ndarray[Any, Any], layout: str = "contiguous") -> bytes:
     """:func:`hdf_body` joined into one ``bytes`` (convenient in tests)."""
     return b"".join(bytes(part) for part in hdf_body(array, layout).parts)
-
-
-def jsonable(value: Any) -> Any:
-    """Convert attribute values and array items to JSON: bytes decoded, NaN/inf to null."""
-    if isinstance(value, bytes | np.bytes_):
-        return bytes(value).decode("utf-8", errors="replace")
-    if isinstance(value, np.ndarray):
-        return [jsonable(item) for item in value.tolist()] if value.ndim else jsonable(value.item())
-    if isinstance(value, np.generic):
-        return jsonable(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, list | tuple):
-        return [jsonable(item) for item in value]
-    if isinstance(value, h5py.Empty):
-        return None
-    return value
-
-
-def _headers(array: np.ndarray[Any, Any]) -> list[str]:
-    if array.dtype.names:
-        return list(array.dtype.names)
-    return [str(i) for i in range(array.shape[1])] if array.ndim >= 2 else ["0"]
-
-
-def json_body(array: np.ndarray[Any, Any], offset: Sequence[int]) -> Body:
-    """``format:json``: rank >= 3 as one object with nested ``data``; lower ranks as records.
-
-    Rank 1 and 2 (and compound tables) become a list with one object per row, keyed by the
-    column headers that ``info`` reports.
-    """
-    if array.ndim >= 3:
-        doc: Any = {
-            "offset": list(offset),
-            "type": array.dtype.name,
-            "data": jsonable(array.tolist()),
-            "size": list(array.shape),
-        }
-    else:
-        headers = _headers(array)
-        rows = array.reshape(-1, 1) if array.ndim < 2 and not array.dtype.names else array
-        if array.dtype.names:
-            doc = [dict(zip(headers, jsonable(list(row)), strict=True)) for row in rows.tolist()]
-        else:
-            doc = [dict(zip(headers, jsonable(row), strict=True)) for row in rows.tolist()]
-    return Body.text(json.dumps(doc, separators=(",", ":")), "application/json")
-
-
-def csv_body(array: np.ndarray[Any, Any]) -> Body:
-    """``format:csv``: a header line, then one line per row (the last axis across)."""
-    headers = _headers(array)
-    if array.dtype.names:
-        rows: list[Any] = [list(row) for row in array.reshape(-1).tolist()]
-    elif array.ndim == 0:
-        rows = [[array.item()]]
-    elif array.ndim == 1:
-        rows = [[item] for item in array.tolist()]
-    else:
-        headers = [str(i) for i in range(array.shape[-1])]
-        rows = array.reshape(-1, array.shape[-1]).tolist()
-    lines = [",".join(headers)]
-    lines.extend(",".join(_csv_cell(cell) for cell in row) for row in rows)
-    return Body.text("\n".join(lines) + "\n", "text/csv")
-
-
-def _csv_cell(cell: Any) -> str:
-    text = str(jsonable(cell))
-    return f'"{text}"' if any(c in text for c in ',"\n') else text
-
-
-def xml_body(array: np.ndarray[Any, Any], path: str) -> Body:
-    """The default format: a small ``<table>`` element listing the values row by row."""
-    root = ET.Element(
-        "table",
-        name=path,
-        type=array.dtype.name,
-        sizes=",".join(str(n) for n in array.shape),
-    )
-    flat = array.reshape(-1) if array.ndim else array.reshape(1)
-    ET.SubElement(root, "values").text = " ".join(str(jsonable(v)) for v in flat.tolist())
-    return Body.text(ET.tostring(root, encoding="unicode"), "text/xml")

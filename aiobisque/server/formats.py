@@ -47,6 +47,12 @@ class BadRequest(Exception):
     """A 400 the exporters answer (e.g. CSV of a 2-D array)."""
 
 
+def _tostring(root: ET.Element) -> str:
+    """XML as lxml writes it (BisQue's serialiser): empty elements as ``<tag .../>``."""
+    # ElementTree writes " />"; a ">" inside an attribute value is always escaped
+    return ET.tostring(root, encoding="unicode").replace(" />", "/>")
+
+
 def _body(text: str, fmt: str) -> Body:
     return Body((text.encode("utf-8"),), CONTENT_TYPES[fmt])
 
@@ -121,7 +127,9 @@ def export_info(result: Result, fmt: str, url: str) -> Body:
         return _body(";".join(parts), fmt)
     root = ET.Element("resource", uri=url)
     if result.headers:
-        kind = "table" if result.is_frame else "matrix"
+        # BisQue says "table" only for a DataFrame: a table nothing was selected from is
+        # still its PyTables node, which it calls a matrix
+        kind = "table" if result.frame is not None else "matrix"
         ET.SubElement(root, "tag", name="type", value=kind)
         ET.SubElement(root, "tag", name="headers", value=",".join(map(str, result.headers)))
         ET.SubElement(root, "tag", name="types", value=",".join(map(str, result.types)))
@@ -133,14 +141,20 @@ def export_info(result: Result, fmt: str, url: str) -> Body:
             ET.SubElement(group, "tag", name=entry["path"], type=entry["type"])
     for name, value in result.meta.items():
         ET.SubElement(root, "tag", name=str(name), value=_text(value))
-    return _body(ET.tostring(root, encoding="unicode"), "xml")
+    return _body(_tostring(root), "xml")
 
 
 # -- data ------------------------------------------------------------------------------
 
 
-def export_data(result: Result, fmt: str, url: str, layout: str = "contiguous") -> Body:
-    """``{range}[/op...]/format:F``."""
+def export_data(
+    result: Result, fmt: str, url: str, layout: str = "contiguous", whole: Any = None
+) -> Body:
+    """``{range}[/op...]/format:F``.
+
+    ``whole``: for csv and xml, all of a node nothing was selected from
+    (:func:`~aiobisque.server.engine.whole_node`): those two exporters can read it.
+    """
     if fmt == "hdf":
         matrix = _matrix(result)
         if matrix.dtype.hasobject:
@@ -161,7 +175,9 @@ def export_data(result: Result, fmt: str, url: str, layout: str = "contiguous") 
         }
         return _body(_dumps(doc), fmt)
     if fmt == "csv":
-        return _body(_csv(result), fmt)
+        return _body(_csv(result, whole), fmt)
+    if whole is not None:
+        return _body(_xml(result, whole, url), fmt)
     return _body(_xml(result, _matrix(result), url), fmt)
 
 
@@ -190,9 +206,14 @@ def _json(result: Result, m: np.ndarray[Any, Any]) -> Any:
     }
 
 
-def _csv(result: Result) -> str:
+def _csv(result: Result, whole: Any = None) -> str:
     headers = ",".join(str(h) for h in result.headers)
-    if result.frame is not None:
+    if whole is not None and whole.dtype.names:
+        # pandas makes a DataFrame of a PyTables table node with rows but no columns
+        return headers + "\n" + "\n" * len(whole)
+    if whole is not None and whole.ndim == 1:
+        columns, nrows = [whole], len(whole)
+    elif result.frame is not None:
         columns = result.frame.columns
         nrows = result.frame.nrows
     elif result.array is not None and result.array.ndim == 1:
@@ -228,15 +249,25 @@ def _text(value: Any) -> str:
 def _row_text(row: Any) -> str:
     if isinstance(row, np.ndarray) and row.ndim > 0:
         return ",".join(_row_text(cell) for cell in row)
+    if isinstance(row, np.void) and row.dtype.names:
+        # a table row is not iterable for BisQue's exporter: it prints the record
+        cells = [_plain(row[name]) for name in row.dtype.names]
+        return "(" + ", ".join(repr(c) for c in cells) + ")"
     return _text(row)
 
 
 def _xml(result: Result, m: np.ndarray[Any, Any], url: str) -> str:
-    rows = [_row_text(m[i]) for i in range(m.shape[0])] if m.ndim > 0 else [_text(m)]
+    if m.ndim > 0:
+        rows = [_row_text(m[i]) for i in range(m.shape[0])]
+    elif result.node is not None and result.array is None:
+        # a scalar node: BisQue prints the PyTables node itself
+        rows = [f"{result.node.name} (Array()) ''"]
+    else:
+        rows = [_text(m)]
     root = ET.Element("resource", uri=url)
     table = ET.SubElement(root, "tag", name="table", value=";".join(rows))
     ET.SubElement(table, "tag", name="offset", value=str(result.offset))
     ET.SubElement(table, "tag", name="headers", value=",".join(map(str, result.headers)))
     ET.SubElement(table, "tag", name="types", value=",".join(map(str, result.types)))
     ET.SubElement(table, "tag", name="sizes", value=",".join(map(str, result.sizes)))
-    return ET.tostring(root, encoding="unicode")
+    return _tostring(root)

@@ -47,7 +47,7 @@ class ServerStats:
     - ``retries``: data requests repeating an earlier one (same resource, path, range and
       format), i.e. the retries clients made;
     - ``faults``: by injected fault kind (``error``, ``throttle``, ``reset``, ``truncate``,
-      ``stall``, ``latency``);
+      ``stall``, ``hdf_clash``; ``latency`` counts every delayed request);
     - ``data_log``: a list of :class:`DataRecord`, the last 100,000 or a few more.
     """
 

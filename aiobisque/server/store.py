@@ -28,6 +28,7 @@ from aiobisque.server.engine import (
     node_kind,
     node_result,
     run_query,
+    whole_node,
 )
 from aiobisque.server.export import Body
 from aiobisque.server.formats import FORMATS, BadRequest, export_data, export_info
@@ -270,6 +271,10 @@ class Store:
             return Answer.error(503, f"Server busy: {exc}; retry later", Retry_After="5")
         except (Internal, KeyError) as exc:
             return Answer.error(500, f"Internal error: {exc}")
+        except (IndexError, TypeError, ValueError, OSError) as exc:
+            # BisQue's exporters fail the same way on the same selections (e.g. the type
+            # of a nested JSON answer with no columns): an internal error, not a crash
+            return Answer.error(500, f"Internal error: {type(exc).__name__}: {exc}")
 
     def _answer(self, h5: h5py.File, query: TableQuery) -> Answer:
         node: Any = h5["/"]
@@ -321,7 +326,11 @@ class Store:
             raise _fail(400, f"Requested export format ({fmt}) is not supported")
         if any("info" in e for e in ops):
             return Answer(200, export_info(result, fmt, query.url))
-        return Answer(200, export_data(result, fmt, query.url, query.layout), data=True)
+        whole = None
+        untouched = result.node is not None and result.array is None and result.frame is None
+        if fmt in ("csv", "xml") and untouched:
+            whole = whole_node(result, limit)
+        return Answer(200, export_data(result, fmt, query.url, query.layout, whole), data=True)
 
     def _listing(self, node: Any, kind: str) -> list[dict[str, str]]:
         """BisQue's ``group`` entry: a group's children, or the node itself."""
