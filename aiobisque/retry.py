@@ -49,6 +49,7 @@ from aiobisque.errors import (
     SelectionError,
     ServerError,
     TransportError,
+    UnsupportedError,
     UploadNotTakenError,
     UsageError,
     require,
@@ -80,7 +81,7 @@ _CONGESTION_STATUSES = frozenset({429, 503})
 #: Errors that rerunning the same download cannot cure: the request itself is refused.
 _PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
     AuthenticationError, PermissionDeniedError, NotFoundError, BadRequestError, ProtocolError,
-    UsageError, SelectionError,
+    UsageError, SelectionError, UnsupportedError,
 )
 
 

@@ -339,6 +339,7 @@ class RemoteArray:
     ) -> np.ndarray[Any, Any]:
         """What :meth:`read` and ``load_array`` share: the result buffer, then :meth:`fill`."""
         cfg: Config = self.table.session.config.for_call(**options)
+        self.check_readable()  # before out= is touched
         nbytes = sel.size * self.dtype.itemsize
         if nbytes > cfg.max_bytes:
             raise UsageError(
@@ -381,13 +382,7 @@ class RemoteArray:
         ``plan`` is the selection's plan when the caller already made one. Errors are
         raised as they are: whether a half-filled ``dest`` matters is the caller's call.
         """
-        if not self.shape:
-            # BisQue slices every answer with a range; a PyTables scalar cannot be sliced,
-            # so every data request for one answers 500: refuse rather than retry that
-            raise UnsupportedError(
-                f"{self._where} is a 0-d (scalar) dataset, which BisQue's table service "
-                f"cannot serve (its data requests answer 500); its info says {self.dtype} "
-                "and nothing more: download the file itself to read it")
+        self.check_readable()
         plan = plan if plan is not None else make_plan(sel, self.dtype.itemsize,
                                                         config.request_bytes)
         session = self.table.session
@@ -398,6 +393,17 @@ class RemoteArray:
             config=config, executor=session.executor, where=self._where,
             progress=progress, stats=stats,
         )
+
+    def check_readable(self) -> None:
+        """Raise :class:`~aiobisque.UnsupportedError` when the server cannot serve this
+        array's data (a 0-d scalar), before anything is sent or created."""
+        if not self.shape:
+            # BisQue slices every answer with a range; a PyTables scalar cannot be sliced,
+            # so every data request for one answers 500: refuse rather than retry that
+            raise UnsupportedError(
+                f"{self._where} is a 0-d (scalar) dataset, which BisQue's table service "
+                f"cannot serve (its data requests answer 500); its info says {self.dtype} "
+                "and nothing more: download the file itself to read it")
 
     @property
     def _where(self) -> str:

@@ -135,6 +135,12 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def served_dtype(dtype: np.dtype) -> np.dtype:
+    """The type a real BisQue server serves a dataset of ``dtype`` as: what PyTables reads
+    (native byte order; h5py's booleans, an HDF5 enum of int8, as int8)."""
+    return np.dtype(np.int8) if dtype.kind == "b" else dtype.newbyteorder("=")
+
+
 def expected(folder: Path, uniq: str, path: str) -> np.ndarray:
     files = sorted(folder.glob(f"{uniq}.*"))
     return samples.expected(files[0], path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from aiobisque import (
     NotFoundError,
     PermissionDeniedError,
     SelectionError,
+    UnsupportedError,
     UsageError,
     outputs,
 )
@@ -42,7 +44,7 @@ from aiobisque.progress import Meter
 from aiobisque.selection import normalize_selection
 from aiobisque.server import FaultPlan, TableServer, run_server, samples
 from aiobisque.slices import format_slices, parse_slices
-from tests.conftest import FAST_RETRY, USER, USERS
+from tests.conftest import FAST_RETRY, USER, USERS, served_dtype
 from tests.test_slices import indices
 
 KiB = 1024
@@ -162,7 +164,7 @@ def test_default_blocks_keep_every_request_busy() -> None:
 def test_output_format() -> None:
     assert output_format("a/b.NPY") == "npy"
     assert output_format("x.hdf5") == "hdf5"
-    with pytest.raises(UsageError, match=r"'x\.zarr'.* must end with one of \.npy, \.h5, \.hdf5"):
+    with pytest.raises(UsageError, match=r"'x\.zarr'.* must end with one of \.npy, \.h5, \.hdf5, \.csv"):
         output_format("x.zarr")
 
 
@@ -240,8 +242,8 @@ async def test_download_is_exact(session: BisqueSession, folder: Path, tmp_path:
         Target("types", f"t{index}", out))
     want = expected(folder, "types", f"t{index}")
     got = read_output(out)
-    assert got.dtype == want.dtype.newbyteorder("=") and got.tobytes() == want.astype(
-        want.dtype.newbyteorder("=")).tobytes()
+    assert got.dtype == served_dtype(want.dtype)
+    assert got.tobytes() == want.astype(served_dtype(want.dtype)).tobytes()
     assert result.blocks > 1 and result.shape == want.shape and not result.skipped
     assert not out.with_name(out.name + ".part").exists()
     assert not out.with_name(out.name + ".part.journal").exists()
@@ -292,9 +294,32 @@ async def test_hdf5_layout_and_attributes(session: BisqueSession, server: TableS
         assert f["a/b"].compression == "lzf"
 
 
-async def test_table(session: BisqueSession, folder: Path, tmp_path: Path) -> None:
-    await BulkDownloader(session.table).download(Target("tab", "rows", tmp_path / "rows.h5", "::3"))
-    assert np.array_equal(read_output(tmp_path / "rows.h5"), expected(folder, "tab", "rows")[::3])
+@pytest.mark.parametrize("suffix", [".h5", ".npy", ".csv"])
+async def test_table(session: BisqueSession, folder: Path, tmp_path: Path, suffix: str) -> None:
+    out = tmp_path / f"rows{suffix}"
+    result = await BulkDownloader(session.table).download(Target("tab", "rows", out, "::3"))
+    want = expected(folder, "tab", "rows")[::3]
+    assert result.shape == want.shape and not (tmp_path / f"rows{suffix}.part").exists()
+    if suffix == ".csv":
+        lines = out.read_text(encoding="utf-8").splitlines()
+        assert lines[0] == "id,x,label"
+        assert lines[1:] == [f"{r['id']},{float(r['x'])!r},{r['label'].decode()}" for r in want]
+        return
+    got = read_output(out)
+    np.testing.assert_array_equal(got["id"], want["id"])
+    assert got["id"].dtype == want["id"].dtype
+    np.testing.assert_array_equal(got["x"], want["x"])
+    text = got["label"] if suffix == ".npy" else np.char.decode(got["label"], "utf-8")
+    assert list(text) == [b.decode() for b in want["label"]]
+    # a table is never overwritten silently
+    with pytest.raises(OutputExistsError, match="--restart"):
+        await BulkDownloader(session.table).download(Target("tab", "rows", out, "::3"))
+
+
+async def test_arrays_are_not_written_as_csv(session: BisqueSession, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="csv outputs are for tables"):
+        await BulkDownloader(session.table).download(Target("vol", "volume", tmp_path / "v.csv"))
+    assert os.listdir(tmp_path) == []
 
 
 async def test_all_integer_selection(session: BisqueSession, folder: Path, tmp_path: Path) -> None:
@@ -304,8 +329,10 @@ async def test_all_integer_selection(session: BisqueSession, folder: Path, tmp_p
 
 
 async def test_scalar_source(session: BisqueSession, tmp_path: Path) -> None:
-    await BulkDownloader(session.table).download(Target("vol", "scalar", tmp_path / "s.npy"))
-    assert np.load(tmp_path / "s.npy") == 3.5
+    # BisQue cannot serve a scalar's data: refused before any file is made
+    with pytest.raises(UnsupportedError, match="0-d"):
+        await BulkDownloader(session.table).download(Target("vol", "scalar", tmp_path / "s.npy"))
+    assert os.listdir(tmp_path) == []
 
 
 async def test_rerun_of_a_finished_download_is_skipped(session: BisqueSession,

@@ -23,6 +23,7 @@ TWINS = [
 NO_TWIN = {
     (aiobisque.RemoteArray, "fill"): "takes a normalised Selection: aiobisque's own callers",
     (aiobisque.RemoteArray, "url_for"): "a URL builder for one planned request",
+    (aiobisque.RemoteArray, "check_readable"): "a precondition of fill, for its callers",
     (aiobisque.BisqueSession, "open"): "the sync Session connects on creation",
     (aiobisque.BisqueSession, "get_document"): "the transport's document fetch",
     (aiobisque.BisqueSession, "transport"): "the connection pool itself",

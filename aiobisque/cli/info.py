@@ -53,27 +53,39 @@ async def _info(args: argparse.Namespace, session: BisqueSession, uniq: str, pat
     return EXIT_OK
 
 
+#: what the listing says of nodes whose data BisQue's table service cannot serve
+_UNSERVABLE = "BisQue's table service cannot serve its data"
+
+
 def _node(info: ArrayInfo) -> dict[str, Any]:
     node: dict[str, Any] = {"path": "/" + "/".join(split_path(info.path)), "kind": info.kind}
-    if info.shape is not None and info.dtype is not None:
+    if info.kind == "table" and info.shape is not None:
+        # text columns have no width until read: no byte size, the PyTables types instead
+        node.update(shape=list(info.shape), rows=info.shape[0], columns=dict(info.columns))
+    elif info.shape is not None and info.dtype is not None:
         node.update(shape=list(info.shape), dtype=str(info.dtype), size=info.size,
                     nbytes=info.nbytes)
-        if info.kind == "table":
-            node["columns"] = {name: str(info.dtype[name]) for name in info.dtype.names or ()}
+        if not info.shape:
+            node["note"] = f"a 0-d scalar: {_UNSERVABLE}"
+    elif info.kind == "unsupported":
+        node["note"] = f"type (unknown), e.g. variable-length strings: {_UNSERVABLE}"
     if info.meta:
         node["meta"] = dict(info.meta)
     return node
 
 
 def _describe(info: ArrayInfo) -> list[str]:
-    lines = [f"{info.uniq}/{info.path}", f"  kind:  {info.kind}", f"  shape: {info.shape}"]
-    assert info.dtype is not None
-    if info.kind == "table":
-        columns = ", ".join(f"{n} {info.dtype[n]}" for n in info.dtype.names or ())
-        lines.append(f"  columns: {columns}")
+    lines = [f"{info.uniq}/{info.path}", f"  kind:  {info.kind}"]
+    if info.kind == "unsupported":
+        lines.append(f"  note:  type (unknown), e.g. variable-length strings: {_UNSERVABLE}")
+    elif info.kind == "table":
+        columns = ", ".join(f"{n} {t}" for n, t in info.columns.items())
+        lines += [f"  rows:  {info.size:,}", f"  columns: {columns}"]
     else:
-        lines.append(f"  dtype: {info.dtype}")
-    lines.append(f"  size:  {info.size:,} elements, {size_text(info.nbytes)}")
+        lines += [f"  shape: {info.shape}", f"  dtype: {info.dtype}",
+                  f"  size:  {info.size:,} elements, {size_text(info.nbytes)}"]
+        if not info.shape:
+            lines.append(f"  note:  a 0-d scalar: {_UNSERVABLE}")
     for key, value in sorted(info.meta.items()):
         lines.append(f"  meta {key}: {value}")
     return lines
@@ -111,9 +123,16 @@ def _tree_lines(nodes: list[dict[str, Any]], indent: str) -> list[str]:
             lines.append(f"{indent}{'└── ' if last else '├── '}{name}/")
             lines += _tree_lines(node.get("children", []), indent + ("    " if last else "│   "))
         else:
-            kind = " table" if node["kind"] == "table" else ""
-            lines.append(f"{indent}{'└── ' if last else '├── '}{name}  {tuple(node['shape'])} "
-                         f"{node['dtype']}{kind}, {size_text(node['nbytes'])}")
+            branch = f"{indent}{'└── ' if last else '├── '}{name}  "
+            if node["kind"] == "table":
+                columns = ", ".join(f"{n} {t}" for n, t in node["columns"].items())
+                lines.append(f"{branch}table of {node['rows']:,} rows: {columns}")
+            elif node["kind"] == "unsupported":
+                lines.append(f"{branch}(unknown type: {_UNSERVABLE})")
+            else:
+                note = " (a scalar: not servable)" if not node["shape"] else ""
+                lines.append(f"{branch}{tuple(node['shape'])} {node['dtype']}, "
+                             f"{size_text(node['nbytes'])}{note}")
     return lines
 
 
