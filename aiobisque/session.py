@@ -91,6 +91,15 @@ def _authorization(auth: Any) -> tuple[str | None, str | None]:
     raise UsageError("auth must be None, a (user, password) tuple or a MexToken")
 
 
+def _origin_url(url: str) -> str:
+    """``scheme://host[:port]`` of ``url`` (no path, no credentials)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+
+
 def _check_root(root: Any) -> str:
     """The server's root URL, refused early when it cannot be right."""
     if not isinstance(root, str) or not root.startswith(("http://", "https://")):
@@ -216,6 +225,17 @@ class BisqueSession:
         if self._authorization is None or auth_url is None:
             return
         url = auth_url + "session"
+        if origin(url) not in self.transport.trusted:
+            # the credentials would not be sent there, and the check would look like a
+            # wrong password: say what really happened
+            announced = redact_url(_origin_url(url))
+            raise AuthenticationError(
+                f"{redact_url(self.root)} announces its login service at {announced}, "
+                f"which is not {redact_url(_origin_url(self.root))} (another name or scheme "
+                "for the same server, or a proxy?); credentials are only sent to the root's "
+                f"origin, so none were sent. Open the session with root={announced!r} (the "
+                f"name the server uses), or trust it with trusted_origins=({announced!r},)",
+                url=redact_url(url))
         try:
             body = await self.get_document(url, "the login check")
         except AuthenticationError:

@@ -25,7 +25,7 @@ from aiobisque import (
 from aiobisque.fetch import origin
 from aiobisque.protocol import table_url
 from aiobisque.server import FaultPlan, TableServer
-from tests.conftest import FAST_RETRY
+from tests.conftest import FAST_RETRY, USER
 from tests.hostile import Hostile, body, hdf_image, hostile, serve
 
 SECRET = "s3cr3t-Pa55"
@@ -198,3 +198,21 @@ async def test_plain_http_trusted_origin_needs_opt_in(server: TableServer) -> No
         async with BisqueSession(server.root, auth=("alice", "wonderland"),
                                  trusted_origins=("http://data.example.org",)):
             pass
+
+
+async def test_root_spelled_otherwise_than_the_server_says_is_explained(
+        server: TableServer) -> None:
+    # the server announces its services at 127.0.0.1; the user typed localhost
+    port = server.root.rsplit(":", 1)[1]
+    root = f"http://localhost:{port}"
+    with pytest.raises(AuthenticationError) as caught:
+        async with BisqueSession(root, auth=USER):
+            pass
+    message = str(caught.value)
+    assert f"announces its login service at http://127.0.0.1:{port}" in message
+    assert f"root='http://127.0.0.1:{port}'" in message and "trusted_origins=" in message
+    assert "wrong user name or password" not in message
+    # either fix works
+    async with BisqueSession(root, auth=USER,
+                             trusted_origins=(f"http://127.0.0.1:{port}",)) as bq:
+        assert bq.user == USER[0]
