@@ -51,7 +51,6 @@ from aiobisque.errors import (
     IncompleteDownloadError,
     OutputExistsError,
     ResumeError,
-    SelectionError,
     UsageError,
 )
 from aiobisque.fetch import ByteBudget
@@ -59,15 +58,14 @@ from aiobisque.outputs import (
     CHUNK_BYTES,
     TABLE_ONLY_FORMATS,
     output_format,
-    write_table_file,
 )
 from aiobisque.plan import Plan, make_plan
 from aiobisque.progress import DownloadStats, Meter
-from aiobisque.protocol import ArrayInfo, not_an_array, parse_uniq, redact_url, split_path
+from aiobisque.protocol import ArrayInfo, not_an_array, parse_uniq, split_path
 from aiobisque.resume import Course, Courses, sibling
 from aiobisque.retry import is_permanent
 from aiobisque.selection import Selection
-from aiobisque.slices import format_slices, parse_slices
+from aiobisque.slices import parse_slices
 from aiobisque.table import RemoteArray, TableService
 
 __all__ = [
@@ -309,56 +307,10 @@ class BulkDownloader:
 
     async def _download_table(self, target: Target, info: ArrayInfo,
                               started: float) -> FileResult:
-        """A table, read whole with ``load_table`` and written to ``.part``, then renamed.
+        """A table, in row blocks resumed like an array's (see :mod:`aiobisque.table_download`)."""
+        from aiobisque.table_download import download_table
 
-        Tables are read column by column (text columns have no width until read), so they
-        are not journaled block by block: a rerun after a failure downloads them again.
-        An existing output is never overwritten without ``restart``.
-        """
-        out = target.output
-        index = tuple(i for i in target.index if i is not Ellipsis)
-        if len(index) > 1:
-            raise SelectionError(f"{target.where} is a table: select rows only (one index "
-                                 f"or slice), got {target.slices!r}")
-        rows = index[0] if index else None
-        if out.exists() and not self.restart:
-            raise OutputExistsError(f"{out} already exists; tables are downloaded whole, so "
-                                    "rerun with --restart to replace it")
-        fmt = output_format(out)
-        if target.compression is not None:
-            raise UsageError("compression applies to array outputs, not to tables")
-        stats = DownloadStats()
-        key = ("table", id(target))
-        self.meter.add(0, 0)
-        try:
-            records = await self.table.load_table(
-                target.uniq, target.path, rows,
-                progress=lambda p: self.meter.partial(key, p), stats=stats)
-        finally:
-            self.meter.block_dropped(key)
-        part = sibling(out, ".part")
-        dataset = target.dataset or split_path(info.path)[-1]
-        source = {"root": redact_url(self.table.session.root), "uniq": info.uniq,
-                  "path": "/".join(split_path(info.path)),
-                  "selection": format_slices(index), "source_shape": list(info.shape or ())}
-
-        def write() -> None:
-            try:
-                write_table_file(part, records, fmt, dataset=dataset, source=source)
-                os.replace(part, out)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    part.unlink()
-                raise
-
-        await _in_thread(write)
-        stats.seconds = time.perf_counter() - started
-        stats.complete = True
-        self.meter.file_done()
-        result = FileResult(target, tuple(np.atleast_1d(records).shape), records.dtype, 1,
-                            stats=stats)
-        log.info("saved %s", result)
-        return result
+        return await download_table(self, target, info, started)
 
     def _failed(self, exc: BaseException, state: Course, out: Path) -> None:
         """Say what a failed download left behind, or remove it when it is useless."""

@@ -80,6 +80,8 @@ def select_columns(info: ArrayInfo, columns: str | Sequence[str] | None) -> list
 
 
 def _rows(info: ArrayInfo, rows: Any) -> DimSelection:
+    if isinstance(rows, DimSelection):  # already normalised (a block of a file download)
+        return rows
     if rows is not None and not isinstance(rows, int | slice):
         raise SelectionError(
             f"rows must be an int, a slice or None (numpy basic indexing), got {rows!r}")
@@ -91,7 +93,7 @@ def _rows(info: ArrayInfo, rows: Any) -> DimSelection:
 async def read_table(
     table: TableService,
     info: ArrayInfo,
-    rows: int | slice | None,
+    rows: int | slice | DimSelection | None,
     columns: str | Sequence[str] | None,
     *,
     config: Config,

@@ -6,6 +6,7 @@ import asyncio
 import json
 import math
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -311,9 +312,51 @@ async def test_table(session: BisqueSession, folder: Path, tmp_path: Path, suffi
     np.testing.assert_array_equal(got["x"], want["x"])
     text = got["label"] if suffix == ".npy" else np.char.decode(got["label"], "utf-8")
     assert list(text) == [b.decode() for b in want["label"]]
-    # a table is never overwritten silently
+    # the same download again is skipped; another one never overwrites it silently
+    again = await BulkDownloader(session.table).download(Target("tab", "rows", out, "::3"))
+    assert again.skipped
     with pytest.raises(OutputExistsError, match="--restart"):
-        await BulkDownloader(session.table).download(Target("tab", "rows", out, "::3"))
+        await BulkDownloader(session.table).download(Target("tab", "rows", out, "::2"))
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".npy", ".csv"])
+async def test_table_download_resumes_by_row_blocks(session: BisqueSession, server: TableServer,
+                                                    folder: Path, tmp_path: Path,
+                                                    suffix: str) -> None:
+    out = tmp_path / f"rows{suffix}"
+    target = Target("tab", "rows", out, "::-1")
+    want = expected(folder, "tab", "rows")[::-1]
+    server.faults = FaultPlan(latency=0.05)
+    task = asyncio.create_task(BulkDownloader(session.table, block_bytes=200).download(target))
+    blocks = out.with_name(out.name + ".part.d")
+    deadline = time.monotonic() + 20
+    # polls the folder: no event tells when a block file appears
+    while len(list_blocks(blocks)) < 2 and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    kept = list_blocks(blocks)
+    assert len(kept) >= 2 and not out.exists()  # interrupted: complete blocks kept
+    server.faults = FaultPlan()
+    before = server.stats.requests["data"]
+    result = await BulkDownloader(session.table, block_bytes=200).download(target)
+    assert result.resumed_blocks == len(kept) and result.blocks > len(kept)
+    # only the missing blocks were fetched: three columns a block
+    assert server.stats.requests["data"] - before == 3 * (result.blocks - len(kept))
+    assert not blocks.exists()
+    if suffix == ".csv":
+        rows = out.read_text(encoding="utf-8").splitlines()[1:]
+        assert [int(r.split(",")[0]) for r in rows] == list(want["id"])
+        return
+    got = read_output(out)
+    np.testing.assert_array_equal(got["id"], want["id"])
+    np.testing.assert_array_equal(got["x"], want["x"])
+
+
+def list_blocks(folder: Path) -> list[str]:
+    return sorted(n for n in os.listdir(folder) if n.endswith(".npy")) if folder.exists() \
+        else []
 
 
 async def test_arrays_are_not_written_as_csv(session: BisqueSession, tmp_path: Path) -> None:

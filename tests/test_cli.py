@@ -126,6 +126,28 @@ def test_info_json_and_table(capsys: pytest.CaptureFixture[str], thread_server: 
     assert tree["children"][0]["children"][0]["shape"] == [7, 11]
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".npy", ".h5"])
+def test_download_a_table(capsys: pytest.CaptureFixture[str], thread_server: TableServer,
+                          folder: Path, tmp_path: Path, login: list[str], suffix: str) -> None:
+    out = tmp_path / f"rows{suffix}"
+    status, stdout, err = run(capsys, "download", thread_server.root, "tab", "rows", "-o", out,
+                              "--slices", "2:8", "--no-progress", *login)
+    assert status == EXIT_OK, err
+    assert f"{out}: (6,)" in stdout
+    want = expected(folder, "tab", "rows")[2:8]
+    if suffix == ".csv":
+        lines = out.read_text(encoding="utf-8").splitlines()
+        assert lines[0] == "id,x,label" and len(lines) == 7
+        assert lines[1].startswith(f"2,{float(want['x'][0])!r},row2")
+    elif suffix == ".npy":
+        got = np.load(out)
+        assert list(got["label"]) == [b.decode() for b in want["label"]]
+        np.testing.assert_array_equal(got["x"], want["x"])
+    else:
+        with h5py.File(out) as f:
+            np.testing.assert_array_equal(f["rows"][()], want)
+
+
 def test_info_root_from_environment(capsys: pytest.CaptureFixture[str], thread_server: TableServer,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BISQUE_ROOT", thread_server.root)

@@ -1,0 +1,282 @@
+"""Downloading a table to a file, resumably: row blocks saved one by one, then assembled.
+
+A table is read column by column (:mod:`aiobisque.columns`) and its text columns have no
+width until they are read, so it cannot be written in place into a preallocated file as
+arrays are. Instead the selected rows are cut into blocks, and each block, read with
+:func:`~aiobisque.columns.read_table`, is saved whole as ``FILE.part.d/NNNNNN.npy``
+(written to a temporary name, synced, then renamed: a block file exists only complete).
+An interrupted download keeps its block files; the next run checks that
+``FILE.part.d/source.json`` describes the same download (server, resource, path, rows,
+columns and their types, the table's length) and fetches only the missing blocks. Once
+every block is in, the output (``.npy`` structured, ``.h5`` compound with text as UTF-8
+bytes, or ``.csv``) is assembled block by block into ``FILE.part``, synced and renamed to
+``FILE``; ``FILE.source.json`` then records what it holds, so a rerun skips it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import functools
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import h5py
+import numpy as np
+
+from aiobisque.columns import read_table
+from aiobisque.errors import OutputExistsError, ResumeError, SelectionError, UsageError
+from aiobisque.outputs import output_format
+from aiobisque.progress import DownloadStats
+from aiobisque.protocol import ArrayInfo, redact_url, split_path
+from aiobisque.selection import DimSelection, normalize_selection
+from aiobisque.slices import format_slices
+
+if TYPE_CHECKING:
+    from aiobisque.bulk import BulkDownloader, FileResult, Target
+
+__all__ = ["download_table"]
+
+log = logging.getLogger("aiobisque")
+
+#: bytes a text cell is counted as when sizing row blocks (its width is unknown)
+_TEXT_CELL_BYTES = 32
+_RECORD_SUFFIX = ".source.json"
+
+
+def _sibling(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
+
+
+def _rows(info: ArrayInfo, index: tuple[Any, ...], target: Target) -> DimSelection:
+    picked = [i for i in index if i is not Ellipsis]
+    if len(picked) > 1:
+        raise SelectionError(f"{target.where} is a table: select rows only (one index or "
+                             f"slice), got {target.slices!r}")
+    assert info.shape is not None
+    return normalize_selection(picked[0] if picked else slice(None), info.shape).dims[0]
+
+
+def _identity(downloader: BulkDownloader, target: Target, info: ArrayInfo) -> dict[str, Any]:
+    return {
+        "kind": "table",
+        "root": redact_url(downloader.table.session.root),
+        "uniq": info.uniq,
+        "path": "/".join(split_path(info.path)),
+        "selection": format_slices(target.index),
+        "format": output_format(target.output),
+        "dataset": target.dataset or split_path(info.path)[-1],
+        "rows": info.shape[0] if info.shape else 0,
+        "columns": dict(info.columns),
+    }
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    tmp = _sibling(path, ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _finished(out: Path, identity: dict[str, Any]) -> bool:
+    """Whether ``out`` provably holds this download (its record matches, file unchanged)."""
+    record = _read_json(_sibling(out, _RECORD_SUFFIX))
+    if record is None or record.get("identity") != identity:
+        return False
+    try:
+        st = out.stat()
+    except OSError:
+        return False
+    return record.get("size") == st.st_size and record.get("mtime_ns") == st.st_mtime_ns
+
+
+def _check_resumable(blocks_dir: Path, identity: dict[str, Any], target: Target) -> None:
+    previous = _read_json(blocks_dir / "source.json")
+    if previous is None:
+        return
+    for key in ("root", "uniq", "path", "selection", "format", "dataset"):
+        if previous.get(key) != identity[key]:
+            raise ResumeError(f"{blocks_dir} holds another download ({key} "
+                              f"{previous.get(key)!r} there, {identity[key]!r} now); rerun "
+                              "with --restart to discard it")
+    for key in ("rows", "columns"):
+        if previous.get(key) != identity[key]:
+            raise ResumeError(
+                f"the remote table {target.where} changed since {blocks_dir} was started "
+                f"({key} {previous.get(key)!r} then, {identity[key]!r} now); rerun with "
+                "--restart to download it again from scratch")
+
+
+def _block_rows(info: ArrayInfo, block_bytes: int) -> int:
+    row = sum(_TEXT_CELL_BYTES if info.dtype is None or info.dtype[n].kind == "O"
+              else info.dtype[n].itemsize for n in info.headers) or 1
+    return max(1, block_bytes // row)
+
+
+def _save_block(path: Path, records: np.ndarray[Any, Any]) -> None:
+    tmp = _sibling(path, ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, records, allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _final_dtype(blocks: list[np.ndarray[Any, Any]], fmt: str) -> np.dtype[Any]:
+    """The output's record type: each text column as wide as its widest cell."""
+    first = blocks[0].dtype
+    fields = []
+    for name in first.names or ():
+        if first[name].kind != "U":
+            fields.append((name, first[name]))
+            continue
+        if fmt == "hdf5":  # UTF-8 bytes, as PyTables' StringCol stores text
+            width = max(np.char.encode(b[name], "utf-8").dtype.itemsize for b in blocks)
+            fields.append((name, np.dtype(f"S{max(1, width)}")))
+        else:
+            width = max(b.dtype[name].itemsize // 4 for b in blocks)
+            fields.append((name, np.dtype(f"U{max(1, width)}")))
+    return np.dtype(fields)
+
+
+def _converted(block: np.ndarray[Any, Any], dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
+    out = np.empty(block.shape, dtype=dtype)
+    for name in dtype.names or ():
+        column = block[name]
+        out[name] = np.char.encode(column, "utf-8") if dtype[name].kind == "S" else column
+    return out
+
+
+def _assemble(part: Path, files: list[Path], fmt: str, dataset: str,
+              attrs: dict[str, Any]) -> np.dtype[Any]:
+    """Write every block into ``part`` in order (one block in memory at a time)."""
+    blocks = [np.load(f, mmap_mode="r", allow_pickle=False) for f in files]
+    total = sum(len(b) for b in blocks)
+    dtype = _final_dtype(blocks, fmt)
+    if fmt == "npy":
+        out = np.lib.format.open_memmap(part, mode="w+", dtype=dtype, shape=(total,))
+        at = 0
+        for block in blocks:
+            out[at:at + len(block)] = _converted(block, dtype)
+            at += len(block)
+        out.flush()
+        del out
+    elif fmt == "hdf5":
+        with h5py.File(part, "w") as h5:
+            node = h5.create_dataset(dataset, shape=(total,), dtype=dtype)
+            at = 0
+            for block in blocks:
+                node[at:at + len(block)] = _converted(block, dtype)
+                at += len(block)
+            for key, value in attrs.items():
+                node.attrs[key] = value if isinstance(value, str | int) else json.dumps(value)
+    else:
+        with open(part, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(list(dtype.names or ()))
+            for block in blocks:
+                writer.writerows(block.tolist())
+    fd = os.open(part, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return dtype
+
+
+def _block_files(blocks_dir: Path, n: int) -> Iterator[Path]:
+    return (blocks_dir / f"{b:06d}.npy" for b in range(n))
+
+
+async def download_table(downloader: BulkDownloader, target: Target, info: ArrayInfo,
+                         started: float) -> FileResult:
+    """Download the table ``info`` to ``target.output`` (see the module docstring)."""
+    from aiobisque.bulk import FileResult, _in_thread
+
+    out = target.output
+    fmt = output_format(out)
+    if target.compression is not None:
+        raise UsageError("compression applies to array outputs, not to tables")
+    dim = _rows(info, target.index, target)
+    identity = _identity(downloader, target, info)
+    blocks_dir = _sibling(out, ".part.d")
+    part = _sibling(out, ".part")
+    shape = (dim.count,)
+    if not downloader.restart and out.exists() and not blocks_dir.exists():
+        if _finished(out, identity):
+            log.info("%s already holds %s; skipped", out, target.where)
+            downloader.meter.add(0, 0)
+            downloader.meter.file_done()
+            return FileResult(target, shape, np.dtype(info.dtype), 1, skipped=True)
+        raise OutputExistsError(f"{out} already exists and is not this download; rerun "
+                                "with --restart to replace it")
+    if downloader.restart and blocks_dir.exists():
+        await _in_thread(lambda: shutil.rmtree(blocks_dir))
+    if blocks_dir.exists():
+        _check_resumable(blocks_dir, identity, target)
+    await _in_thread(lambda: blocks_dir.mkdir(exist_ok=True))
+    _write_json(blocks_dir / "source.json", identity)
+
+    per_block = _block_rows(info, downloader.block_bytes)
+    n_blocks = max(1, -(-dim.count // per_block))
+    files = list(_block_files(blocks_dir, n_blocks))
+    resumed = sum(1 for f in files if f.exists())
+    stats = DownloadStats()
+    cfg = downloader.table.session.config
+    downloader.meter.add(0, 0)
+    for b, file in enumerate(files):
+        if file.exists():
+            continue
+        k0, k1 = b * per_block, min(dim.count, (b + 1) * per_block)
+        rows = DimSelection(dim.first + k0 * dim.step if k1 > k0 else 0, dim.step, k1 - k0)
+        key = ("table", id(target), b)
+        part_stats = DownloadStats()
+        try:
+            records = await read_table(downloader.table, info, rows, None, config=cfg,
+                                       progress=functools.partial(downloader.meter.partial, key),
+                                       stats=part_stats)
+        finally:
+            stats.add(part_stats)
+            downloader.meter.block_dropped(key)
+        await _in_thread(functools.partial(_save_block, file, records))
+
+    attrs = {k: v if isinstance(v, str | int) else json.dumps(v) for k, v in identity.items()}
+
+    def finish() -> np.dtype[Any]:
+        try:
+            dtype = _assemble(part, files, fmt, identity["dataset"], attrs)
+            os.replace(part, out)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+            raise
+        st = out.stat()
+        _write_json(_sibling(out, _RECORD_SUFFIX),
+                    {"identity": identity, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+        shutil.rmtree(blocks_dir)
+        return dtype
+
+    result_dtype = await _in_thread(finish)
+    stats.seconds = time.perf_counter() - started
+    stats.complete = True
+    downloader.meter.file_done()
+    result = FileResult(target, shape, result_dtype, n_blocks, resumed_blocks=resumed,
+                        stats=stats)
+    log.info("saved %s", result)
+    return result
