@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="resource uniq, data_service URL or viewer URL")
     p.add_argument("path", nargs="?", metavar="PATH", help="HDF path of the array")
     p.add_argument("-o", "--output", type=Path, metavar="FILE",
-                   help="output file: .npy, .h5 or .hdf5")
+                   help="output file: .npy, .h5 or .hdf5 (tables also .csv)")
     p.add_argument("--slices", default="", metavar="SPEC",
                    help="numpy selection as text, e.g. '10:20, :, -1' or '..., ::2'")
     p.add_argument("--dataset", metavar="NAME",
@@ -65,7 +65,7 @@ def _targets(args: argparse.Namespace, rest: list[str]) -> list[Target]:
     if len(rest) != 2:
         raise CommandError("download needs UNIQ and PATH (or --from-list FILE)")
     if args.output is None:
-        raise CommandError("download needs -o FILE (.npy, .h5 or .hdf5)")
+        raise CommandError("download needs -o FILE (.npy, .h5 or .hdf5; tables also .csv)")
     try:
         if output_format(args.output) != "hdf5":
             for option, value in (("--compression", compression), ("--dataset", args.dataset)):
