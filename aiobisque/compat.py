@@ -50,7 +50,8 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from aiobisque.config import Config
-from aiobisque.errors import AuthenticationError, BisqueError
+from aiobisque.errors import AuthenticationError, BisqueError, ServerError, UsageError
+from aiobisque.protocol import TEXT_COLUMN, ArrayInfo
 from aiobisque.session import Auth, MexToken
 from aiobisque.sync import Session
 
@@ -137,6 +138,27 @@ def _bqapi_errors() -> Iterator[None]:
         raise _as_comm_error(exc) from exc
 
 
+def _table_as_matrix(session: Session, info: ArrayInfo, slices: list[Any],
+                     options: dict[str, Any]) -> np.ndarray[Any, Any]:
+    """A table as ``bqapi`` reads it from BisQue: rows x columns of one common type."""
+    text = [n for n, t in info.columns.items() if t == TEXT_COLUMN]
+    if text:
+        raise ServerError(
+            f"{info.uniq}/{info.path} is a table with text columns ({', '.join(text)}), "
+            "which BisQue cannot send as one array (it answers 500, and so does bqapi's "
+            "load_array); read it with aiobisque.Session.load_table", status=500)
+    rows = slices[0] if slices else None
+    if isinstance(rows, int):
+        rows = slice(rows, rows + 1)  # bqapi keeps a length-1 dimension
+    columns = slices[1] if len(slices) > 1 else slice(None)
+    names = list(info.headers)[columns] if isinstance(columns, slice) \
+        else [info.headers[columns]]
+    records = session.load_table(info.uniq, info.path, rows, names, **options)
+    common = np.result_type(*(records.dtype[n] for n in names))
+    return np.column_stack([records[n].astype(common) for n in names]) if len(records) \
+        else np.empty((0, len(names)), dtype=common)
+
+
 class TableProxy:
     """``bq.service("table")``: ``bqapi``'s ``TableProxy`` for reading arrays."""
 
@@ -158,10 +180,21 @@ class TableProxy:
         ``table_uniq`` is a uniq or a resource URL; each entry of ``slices`` is a ``slice``
         or an ``int`` (which keeps a length-1 dimension); dimensions not given are whole.
         Runs :meth:`aiobisque.Session.load_array`; ``options`` are Config fields.
+
+        A table node comes back as ``bqapi`` gets it from a real server: a numeric table as
+        a 2-D array of the columns' common type (BisQue's ``DataFrame.values``), a table
+        with a text column as an error (BisQue answers 500). ``Session.load_table`` reads
+        tables with their exact column types instead.
         """
         with _bqapi_errors():
-            return self.session._connected().load_array(table_uniq, path, list(slices),
-                                                         **options)
+            session = self.session._connected()
+            try:
+                return session.load_array(table_uniq, path, list(slices), **options)
+            except UsageError:
+                info = session.info(table_uniq, path, **options)
+                if info.kind != "table":
+                    raise
+                return _table_as_matrix(session, info, list(slices), options)
 
     def store_array(self, array: np.ndarray[Any, Any], name: str, **options: Any) -> Any:
         """Store ``array`` as a new resource ``NAME.h5`` and return its element, as ``bqapi``.

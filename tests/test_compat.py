@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import pytest
 
@@ -50,6 +51,10 @@ def SAMPLES(folder: Path) -> None:
     samples.write_seed(folder)
     samples.write_array(folder, "vol", "volumes/big endian", (6, 7, 8), dtype=">f8", seed=2)
     samples.write_array(folder, "vol", "flat", (13,), dtype="uint16", seed=3)
+    numbers = np.array([(1, 0.5), (2, 1.5), (3, 2.5), (4, 3.5)], dtype=[("n", "<i4"), ("v", "<f8")])
+    with h5py.File(folder / "tab.h5", "w") as h5:
+        h5["numbers"] = numbers
+    samples.write_table(folder, "tab", "labelled", nrows=4)
 
 
 SERVER_OPTIONS = {"users": {USER: PASSWORD}, "mex_tokens": {"TOKEN123": USER}}
@@ -243,3 +248,18 @@ def test_init_session_picks_the_servers_login_and_refuses_cas(thread_server: Tab
 
     with pytest.raises(BQApiError, match="CAS logins are not supported"):
         BQSession().init_cas(USER, PASSWORD, bisque_root=thread_server.root)
+
+
+@pytest.mark.parametrize("slices", [[], [slice(1, 3)], [2], [slice(0, 4), 1]])
+def test_numeric_table_reads_as_bqapi_reads_it(compat: BQSession, official: Any,
+                                               slices: list[Any]) -> None:
+    want = official.service("table").load_array("tab", "numbers", slices=slices)
+    got = compat.service("table").load_array("tab", "numbers", slices)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+
+
+def test_table_with_text_is_an_error_as_in_bqapi(compat: BQSession) -> None:
+    with pytest.raises(BQCommError, match="load_table"):
+        compat.service("table").load_array("tab", "labelled")
+
