@@ -30,7 +30,9 @@ import numpy as np
 from aiobisque.config import Config
 from aiobisque.download import run_all
 from aiobisque.errors import (
+    BisqueError,
     ProtocolError,
+    ResponseTooLargeError,
     SelectionError,
     ServerError,
     UnsupportedError,
@@ -39,6 +41,7 @@ from aiobisque.errors import (
 from aiobisque.plan import format_range
 from aiobisque.progress import DownloadStats, Meter, ProgressCallback
 from aiobisque.protocol import NESTED_COLUMN, TEXT_COLUMN, ArrayInfo, split_path, table_url
+from aiobisque.retry import for_text_exports
 from aiobisque.selection import DimSelection, Selection, normalize_selection
 
 if TYPE_CHECKING:
@@ -46,6 +49,8 @@ if TYPE_CHECKING:
 
 __all__ = ["as_dataframe", "read_table", "select_columns"]
 
+#: the least an answer of text cells may hold (more for larger ``request_bytes``)
+_MIN_TEXT_ANSWER = 16 << 20
 #: JSON text is several times the size of the values it carries: rows per text request
 #: are sized from ``request_bytes`` with this many bytes per cell
 _JSON_CELL_BYTES = 64
@@ -76,6 +81,13 @@ def select_columns(info: ArrayInfo, columns: str | Sequence[str] | None) -> list
         raise UnsupportedError(
             f"{where}: columns {nested} are nested compound columns, which BisQue's table "
             "service cannot serve; leave them out with columns=[...]")
+    assert info.dtype is not None
+    odd = [f"{n} ({info.columns[n]})" for n in wanted
+           if info.columns[n] != TEXT_COLUMN and info.dtype[n].kind == "O"]
+    if odd:
+        raise UnsupportedError(
+            f"{where}: columns {', '.join(odd)} have PyTables types aiobisque cannot map to "
+            "a numpy type; leave them out with columns=[...]")
     return wanted
 
 
@@ -151,8 +163,14 @@ async def _numeric_column(
     dest = np.empty(sel.shape, dtype=dtype)
     meter.add(math.prod(sel.shape) * dtype.itemsize, 0)
     if dest.size:
-        await RemoteArray(table, view).fill(
-            sel, dest, config=config, progress=lambda p: meter.partial(name, p), stats=stats)
+        try:
+            await RemoteArray(table, view).fill(
+                sel, dest, config=config, progress=lambda p: meter.partial(name, p),
+                stats=stats)
+        except BisqueError as exc:
+            exc.add_note(f"reading column {name!r} ({info.columns[name]}) of {info.uniq}/"
+                         f"{info.path}")
+            raise
     meter.block_done(name, dest.nbytes, stats.requests, stats.retries)
     return dest[:, 0]
 
@@ -173,24 +191,35 @@ async def _text_column(
     cells: list[list[str]] = [[] for _ in chunks]
     meter.add(hi - lo + 1, len(chunks))
     pending = iter(range(len(chunks)))
-    limit = max(16 << 20, 8 * config.request_bytes)
+    limit = max(_MIN_TEXT_ANSWER, 8 * config.request_bytes)
 
-    async def fetch(i: int) -> None:
-        a, b = chunks[i]
+    text_config = config.replace(retry=for_text_exports(config.retry))
+
+    async def rows_between(a: int, b: int) -> list[str]:
         range_text = format_range([(a, b), (k, k)])
         url = table_url(table.base_url, info.uniq, parts, range_text, ["format:json"])
         what = f"{where} column {name!r} rows {a};{b}"
         try:
-            body = await table.session.get_document(url, what, config, limit=limit)
+            body = await table.session.get_document(url, what, text_config, limit=limit,
+                                                    stats=stats)
+        except ResponseTooLargeError:
+            if a == b:
+                raise
+            middle = (a + b) // 2  # wide cells: ask for fewer rows at a time
+            return await rows_between(a, middle) + await rows_between(middle + 1, b)
         except ServerError as exc:
+            if exc.status != 500:
+                raise
             raise UnsupportedError(
-                f"{what}: the server failed to export this text column ({exc.message}); "
-                "BisQue 0.6 servers cannot serve text cells: read the other columns with "
-                "columns=[...]", url=exc.url, status=exc.status) from exc
-        stats.requests += 1
-        stats.attempts += 1
-        stats.bytes += len(body)
-        cells[i] = _column_cells(body, name, a, b - a + 1, what)
+                f"{what}: the server cannot export this column ({exc.message}); BisQue 0.6 "
+                "servers cannot serve text cells, and multi-dimensional columns fail too: "
+                "read the other columns with columns=[...]", url=exc.url,
+                status=exc.status) from exc
+        return _column_cells(body, name, a, b - a + 1, what)
+
+    async def fetch(i: int) -> None:
+        a, b = chunks[i]
+        cells[i] = await rows_between(a, b)
         meter.block_done((name, i), b - a + 1, 1, 0)
 
     async def worker() -> None:

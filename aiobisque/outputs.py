@@ -36,7 +36,6 @@ __all__ = [
     "Output",
     "existing_output_mismatch",
     "output_format",
-    "write_table_file",
     "source_record",
 ]
 
@@ -426,58 +425,3 @@ def existing_output_mismatch(
 def json_attr(value: Any) -> str:
     """A JSON text for an HDF5 attribute (``meta`` may nest lists and objects)."""
     return json.dumps(value, sort_keys=True, default=str)
-
-
-def _bytes_for_hdf5(records: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    """Text columns as fixed-width UTF-8 bytes, as PyTables' ``StringCol`` stores them."""
-    fields = []
-    converted = {}
-    for name in records.dtype.names or ():
-        column = records[name]
-        if column.dtype.kind == "U":
-            encoded = np.char.encode(column, "utf-8")
-            width = max(1, encoded.dtype.itemsize)
-            converted[name] = encoded.astype(f"S{width}")
-            fields.append((name, f"S{width}"))
-        else:
-            fields.append((name, column.dtype))
-    out = np.empty(records.shape, dtype=fields)
-    for name in records.dtype.names or ():
-        out[name] = converted.get(name, records[name])
-    return out
-
-
-def write_table_file(part: Path, records: np.ndarray[Any, Any], fmt: str, *,
-                     dataset: str, source: dict[str, Any]) -> None:
-    """Write a whole table (a structured array read by ``load_table``) to ``part``, synced.
-
-    ``.npy``: the structured array as it is (text columns ``str``), with the source record
-    beside it once renamed; HDF5: a compound dataset, text as UTF-8 bytes (PyTables'
-    layout), the source in its attributes; CSV: a header of column names, one line a row.
-    """
-    records = np.atleast_1d(records)
-    if fmt == "npy":
-        with open(part, "wb") as f:
-            np.save(f, records, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-    elif fmt == "hdf5":
-        with h5py.File(part, "w") as h5:
-            node = h5.create_dataset(dataset, data=_bytes_for_hdf5(records))
-            for key, value in source.items():
-                node.attrs[key] = json_attr(value) if isinstance(value, dict | list) else \
-                    ("" if value is None else value)
-        _fsync_path(part)
-    elif fmt == "csv":
-        import csv
-
-        with open(part, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            names = list(records.dtype.names or ())
-            writer.writerow(names)
-            for row in records.tolist():
-                writer.writerow(row)
-            f.flush()
-            os.fsync(f.fileno())
-    else:  # pragma: no cover - output_format() knows no other
-        raise UsageError(f"no table writer for format {fmt!r}")

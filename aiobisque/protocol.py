@@ -258,11 +258,23 @@ class ArrayInfo:
 _FLEXIBLE_RE = re.compile(r"(bytes|str|void)(\d+)")
 
 
+#: PyTables column types with a fixed numpy type of another name
+_PYTABLES_TYPES = {"time32": "int32", "time64": "float64"}
+
+
 def _column_dtype(name: Any, where: str, url: str) -> np.dtype[Any]:
-    """A table column's numpy type from its PyTables type (text and nested: object)."""
+    """A table column's numpy type from its PyTables type.
+
+    Text and nested columns, and types numpy has no name for (``enum``...), are
+    ``object``: the table is still described, and only those columns are refused when
+    read (see :func:`aiobisque.columns.select_columns`).
+    """
     if name in (TEXT_COLUMN, NESTED_COLUMN):
         return np.dtype(object)
-    return _dtype(name, where, url)
+    try:
+        return _dtype(_PYTABLES_TYPES.get(str(name), name), where, url)
+    except ProtocolError:
+        return np.dtype(object)
 
 
 def _dtype(name: Any, where: str, url: str) -> np.dtype[Any]:

@@ -20,6 +20,7 @@ tenacity retry state per request, built from tenacity's own stop and wait pieces
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ __all__ = [
     "RetryPolicy",
     "is_congestion",
     "is_permanent",
+    "for_text_exports",
     "is_transient",
     "retrying",
     "upload_may_retry",
@@ -206,6 +208,16 @@ def upload_may_retry(exc: BaseException) -> bool:
     and sending it again could make a duplicate.
     """
     return isinstance(exc, UploadNotTakenError)
+
+
+def for_text_exports(policy: RetryPolicy) -> RetryPolicy:
+    """The policy for BisQue's JSON/text exports of table columns.
+
+    Their 500s are deterministic (a cell the exporter cannot convert: text on BisQue 0.6, a
+    multi-dimensional column), unlike the sporadic 500s of concurrent ``format:hdf``
+    exports, so sending the same request again cannot help.
+    """
+    return dataclasses.replace(policy, statuses=policy.statuses - {500})
 
 
 def why_stopped(exc: BaseException, policy: RetryPolicy, budget: RetryBudget | None) -> str:

@@ -24,6 +24,7 @@ from aiobisque.errors import (
     UsageError,
 )
 from aiobisque.fetch import BufferSink, Transport, is_loopback, origin
+from aiobisque.progress import DownloadStats
 from aiobisque.protocol import (
     parse_login_providers,
     parse_services,
@@ -273,8 +274,12 @@ class BisqueSession:
         return self._executor
 
     async def get_document(self, url: str, what: str, config: Config | None = None, *,
-                           limit: int = _DOC_LIMIT) -> bytearray:
-        """GET a document (XML/JSON, at most ``limit`` bytes) with retries; returns its body."""
+                           limit: int = _DOC_LIMIT,
+                           stats: DownloadStats | None = None) -> bytearray:
+        """GET a document (XML/JSON, at most ``limit`` bytes) with retries; returns its body.
+
+        ``stats``, when given, counts the request, its attempts, retries and bytes.
+        """
         cfg = config or self.config
         transport = self.transport
 
@@ -283,7 +288,19 @@ class BisqueSession:
             await transport.get(url, what=what, max_body=limit, sink=sink, config=cfg)
             return sink.body
 
-        body, _ = await retrying(attempt, cfg.retry)
+        def counted(exc: BisqueError, attempt_number: int, delay: float) -> None:
+            if stats is not None:
+                stats.retries += 1
+                stats.errors.append(f"{what}: {exc}")
+
+        try:
+            body, attempts = await retrying(attempt, cfg.retry, on_retry=counted)
+        finally:
+            if stats is not None:
+                stats.requests += 1
+        if stats is not None:
+            stats.attempts += attempts
+            stats.bytes += len(body)
         return body
 
     async def login_providers(self) -> list[str]:

@@ -23,11 +23,11 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import h5py
 import numpy as np
 
 from aiobisque.columns import read_table
@@ -56,7 +56,7 @@ def _sibling(path: Path, suffix: str) -> Path:
 
 def _rows(info: ArrayInfo, index: tuple[Any, ...], target: Target) -> DimSelection:
     picked = [i for i in index if i is not Ellipsis]
-    if len(picked) > 1:
+    if len(picked) > 1 or (picked and not isinstance(picked[0], int | slice)):
         raise SelectionError(f"{target.where} is a table: select rows only (one index or "
                              f"slice), got {target.slices!r}")
     assert info.shape is not None
@@ -123,10 +123,14 @@ def _check_resumable(blocks_dir: Path, identity: dict[str, Any], target: Target)
                 "--restart to download it again from scratch")
 
 
+def _row_bytes(info: ArrayInfo) -> int:
+    """About how many bytes one row takes (text cells counted at a fixed size)."""
+    return sum(_TEXT_CELL_BYTES if info.dtype is None or info.dtype[n].kind == "O"
+               else info.dtype[n].itemsize for n in info.headers) or 1
+
+
 def _block_rows(info: ArrayInfo, block_bytes: int) -> int:
-    row = sum(_TEXT_CELL_BYTES if info.dtype is None or info.dtype[n].kind == "O"
-              else info.dtype[n].itemsize for n in info.headers) or 1
-    return max(1, block_bytes // row)
+    return max(1, block_bytes // _row_bytes(info))
 
 
 def _save_block(path: Path, records: np.ndarray[Any, Any]) -> None:
@@ -178,14 +182,21 @@ def _assemble(part: Path, files: list[Path], fmt: str, dataset: str,
         out.flush()
         del out
     elif fmt == "hdf5":
-        with h5py.File(part, "w") as h5:
-            node = h5.create_dataset(dataset, shape=(total,), dtype=dtype)
-            at = 0
-            for block in blocks:
-                node[at:at + len(block)] = _converted(block, dtype)
-                at += len(block)
-            for key, value in attrs.items():
-                node.attrs[key] = value if isinstance(value, str | int) else json.dumps(value)
+        # a PyTables table, as BisQue's table service reads (and uploads write) them: its
+        # booleans are PyTables' own, where h5py's would read back as an enum
+        import tables
+
+        where, _, leaf = dataset.strip("/").rpartition("/")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", tables.NaturalNameWarning)
+            with tables.open_file(os.fspath(part), "w") as h5:
+                node = h5.create_table("/" + where, leaf, description=dtype,
+                                       expectedrows=max(1, total), createparents=True)
+                for block in blocks:
+                    node.append(_converted(block, dtype))
+                for key, value in attrs.items():
+                    node.attrs[key] = value
+                node.flush()
     else:
         with open(part, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
@@ -239,22 +250,25 @@ async def download_table(downloader: BulkDownloader, target: Target, info: Array
     resumed = sum(1 for f in files if f.exists())
     stats = DownloadStats()
     cfg = downloader.table.session.config
-    downloader.meter.add(0, 0)
+    row_bytes = _row_bytes(info)
+    sizes = [(min(dim.count, (b + 1) * per_block) - b * per_block) * row_bytes
+             for b in range(n_blocks)]
+    done = [s for s, f in zip(sizes, files, strict=True) if f.exists()]
+    # progress moves a block at a time (text cells have no size until read)
+    downloader.meter.add(sum(sizes), n_blocks, sum(done), len(done))
     for b, file in enumerate(files):
         if file.exists():
             continue
         k0, k1 = b * per_block, min(dim.count, (b + 1) * per_block)
         rows = DimSelection(dim.first + k0 * dim.step if k1 > k0 else 0, dim.step, k1 - k0)
-        key = ("table", id(target), b)
         part_stats = DownloadStats()
         try:
             records = await read_table(downloader.table, info, rows, None, config=cfg,
-                                       progress=functools.partial(downloader.meter.partial, key),
                                        stats=part_stats)
         finally:
             stats.add(part_stats)
-            downloader.meter.block_dropped(key)
         await _in_thread(functools.partial(_save_block, file, records))
+        downloader.meter.block_done(("table", id(target), b), sizes[b], 1, part_stats.retries)
 
     attrs = {k: v if isinstance(v, str | int) else json.dumps(v) for k, v in identity.items()}
 

@@ -632,6 +632,8 @@ async def upload_file(
     up = _Upload(session, url, filename, all_tags["upload_id"], cfg)
     xml = resource_xml(filename, all_tags)
     reporter = _Reporter(progress, 0)
+    log.info("uploading %s to %s with the tag upload_id=%s", filename, redact_url(url),
+             up.upload_id)
 
     async def attempt() -> UploadResult:
         up.attempts += 1

@@ -3,8 +3,10 @@
 Every test module gets its server from here. A module that needs its own sample files or
 logins says so as data, not with fixtures of its own:
 
-- ``SAMPLES = write(folder)``: the files of the module's ``folder`` (module-scoped);
-  without it, ``folder`` is the shared :func:`write_samples` folder;
+- ``SAMPLES = write(folder)``: the files of the module's ``folder`` (written once per
+  module; with ``FRESH_FOLDER = True`` once per test, for tests that add or break files;
+  ``write`` may return another folder to serve); without it, ``folder`` is the shared
+  :func:`write_samples` folder;
 - ``SERVER_OPTIONS = {...}``: keyword arguments of :func:`run_server` for ``server``
   (async, per test) and ``thread_server`` (its own thread, per module); the defaults are
   :data:`SERVER_DEFAULTS`.
@@ -146,16 +148,31 @@ def expected(folder: Path, uniq: str, path: str) -> np.ndarray:
     return samples.expected(files[0], path)
 
 
+def _write_samples(request: pytest.FixtureRequest, path: Path) -> Path:
+    """The module's ``SAMPLES`` written into ``path``; it may name another folder to serve."""
+    served: Path | None = request.module.SAMPLES(path)
+    return served or path
+
+
 @pytest.fixture(scope="module")
-def folder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The module's sample folder: its ``SAMPLES`` written afresh, else the shared one."""
-    write = getattr(request.module, "SAMPLES", None)
-    if write is None:
+def module_folder(request: pytest.FixtureRequest,
+                  tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The module's sample folder, written once: its ``SAMPLES``, else the shared one."""
+    if getattr(request.module, "SAMPLES", None) is None:
         shared: Path = request.getfixturevalue("data_dir")
         return shared
-    path = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
-    write(path)
-    return path
+    return _write_samples(request, tmp_path_factory.mktemp(
+        request.module.__name__.rpartition(".")[2]))
+
+
+@pytest.fixture
+def folder(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """The folder this test's server serves: the module's, or with ``FRESH_FOLDER = True``
+    (tests that add or break files) ``SAMPLES`` written afresh for each test."""
+    if getattr(request.module, "FRESH_FOLDER", False):
+        return _write_samples(request, tmp_path)
+    shared: Path = request.getfixturevalue("module_folder")
+    return shared
 
 
 @pytest.fixture
@@ -173,7 +190,8 @@ async def bq(server: TableServer) -> AsyncIterator[BisqueSession]:
 
 
 @pytest.fixture(scope="module")
-def thread_server(folder: Path, request: pytest.FixtureRequest) -> Iterator[TableServer]:
-    """The server on ``folder`` on its own thread, for synchronous clients (per module)."""
-    with serve_in_thread(folder, **server_options(request)) as srv:
+def thread_server(module_folder: Path,
+                  request: pytest.FixtureRequest) -> Iterator[TableServer]:
+    """The server on the module's folder on its own thread, for synchronous clients."""
+    with serve_in_thread(module_folder, **server_options(request)) as srv:
         yield srv

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from aiobisque.server import TableServer, samples, serve_in_thread
+from aiobisque.server import TableServer, samples
 
 bqapi = pytest.importorskip("bqapi")
 
@@ -23,9 +22,7 @@ BYTE_ORDER = {"|": "na", "<": "le", ">": "be"}
 NUMBERS = np.array([(1, 0.5), (2, 1.5), (3, 2.5)], dtype=[("id", "<i4"), ("x", "<f8")])
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("bqapi")
+def SAMPLES(folder: Path) -> None:
     samples.write_seed(folder)
     samples.write_array(folder, "vol", "volumes/big endian", (6, 7, 8), dtype=">f8", seed=2)
     for dtype in DTYPES:
@@ -41,18 +38,14 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     samples.write_array(folder, "types", "flags", np.array([[True, False], [False, True]]))
     with h5py.File(folder / "tab.h5", "w") as h5:
         h5["numbers"] = NUMBERS
-    return folder
+
+
+SERVER_OPTIONS = {"users": {"alice": "wonderland"}}
 
 
 @pytest.fixture(scope="module")
-def server(folder: Path) -> Iterator[TableServer]:
-    with serve_in_thread(folder, users={"alice": "wonderland"}) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def session(server: TableServer) -> Any:
-    bq = bqapi.BQSession().init_local("alice", "wonderland", bisque_root=server.root)
+def session(thread_server: TableServer) -> Any:
+    bq = bqapi.BQSession().init_local("alice", "wonderland", bisque_root=thread_server.root)
     assert bq is not None
     yield bq
     bq.c.close()  # the underlying requests session
@@ -92,20 +85,20 @@ def test_big_endian_array_and_spaces_in_path(session: Any, folder: Path) -> None
     )
 
 
-def test_wrong_password_returns_none(server: TableServer) -> None:
+def test_wrong_password_returns_none(thread_server: TableServer) -> None:
     bq = bqapi.BQSession()
     try:
-        assert bq.init_local("alice", "not-the-password", bisque_root=server.root) is None
+        assert bq.init_local("alice", "not-the-password", bisque_root=thread_server.root) is None
     finally:
         bq.c.close()
 
 
-def test_requests_seen_by_the_server(server: TableServer, session: Any) -> None:
-    server.stats.reset()
+def test_requests_seen_by_the_server(thread_server: TableServer, session: Any) -> None:
+    thread_server.stats.reset()
     session.service("table").load_array(samples.SEED_UNIQ, samples.SEED_PATH, slices=[0])
     # bqapi asks info for the rank, then fetches everything in one request
-    assert server.stats.requests == {"info": 1, "data": 1}
-    assert [r.range for r in server.stats.data_log] == ["0;0,;,;,;"]
+    assert thread_server.stats.requests == {"info": 1, "data": 1}
+    assert [r.range for r in thread_server.stats.data_log] == ["0;0,;,;,;"]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -41,7 +41,7 @@ from aiobisque.bulk import (
 from aiobisque.journal import Journal, JournalError, LockedError
 from aiobisque.outputs import output_format
 from aiobisque.plan import make_plan
-from aiobisque.progress import Meter
+from aiobisque.progress import Meter, Progress
 from aiobisque.selection import normalize_selection
 from aiobisque.server import FaultPlan, TableServer, run_server, samples
 from aiobisque.slices import format_slices, parse_slices
@@ -725,3 +725,18 @@ def test_journal_replaced_between_open_and_lock_is_refused(tmp_path: Path,
     monkeypatch.setattr(fcntl, "flock", racing_flock)
     with pytest.raises(LockedError, match="replaced"):
         Journal.open(path)
+
+
+async def test_table_download_progress_and_row_only_selections(session: BisqueSession,
+                                                               tmp_path: Path) -> None:
+    snapshots: list[Progress] = []
+    meter = Meter(lambda m: snapshots.append(m.snapshot()))
+    await BulkDownloader(session.table, meter=meter, block_bytes=200).download(
+        Target("tab", "rows", tmp_path / "t.npy"))
+    assert snapshots[-1].total_bytes > 0
+    assert snapshots[-1].done_bytes == snapshots[-1].total_bytes
+    assert snapshots[-1].done_requests == snapshots[-1].total_requests > 1
+    for bad in ("None", "1, 2"):
+        with pytest.raises(SelectionError, match="select rows only"):
+            await BulkDownloader(session.table).download(
+                Target("tab", "rows", tmp_path / "u.npy", bad))

@@ -68,6 +68,9 @@ def write_features(folder: Path) -> None:
     with h5py.File(folder / "feat.h5", "a") as h5:
         h5.create_dataset("names", data=np.array(["a", "bb"], dtype=object),
                           dtype=h5py.string_dtype())
+        flags = h5.create_dataset("flags", data=np.array([(1, True), (2, False)],
+                                                         dtype=[("n", "<i4"), ("flag", "?")]))
+        flags.attrs["CLASS"] = np.bytes_("TABLE")
 
 
 def SAMPLES(folder: Path) -> None:
@@ -238,3 +241,37 @@ def test_text_cells_are_checked() -> None:
         _column_cells(b"<html>", "p", 3, 2, "w")
     with pytest.raises(ProtocolError, match="holds int"):
         _column_cells(answer.replace(b'"a"', b"7"), "p", 3, 2, "w")
+
+
+async def test_a_transient_error_on_a_text_column_stays_transient(bq: BisqueSession,
+                                                                   server: TableServer) -> None:
+    from aiobisque import RetryPolicy, ServerError
+    from aiobisque.server import FaultPlan
+
+    server.faults = FaultPlan(error_rate=1.0, error_statuses=(503,))
+    quick = RetryPolicy(max_attempts=2, backoff_initial=0.001, backoff_max=0.002)
+    with pytest.raises(ServerError, match="503") as caught:
+        await bq.table.load_table("feat", PATH, columns=["phase"], retry=quick)
+    assert not isinstance(caught.value, UnsupportedError)
+
+
+async def test_wide_text_cells_are_asked_in_fewer_rows(bq: BisqueSession, folder: Path,
+                                                       server: TableServer,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import aiobisque.columns
+
+    # answers of at most 300 bytes: a chunk of rows is split until its answer fits
+    monkeypatch.setattr(aiobisque.columns, "_MIN_TEXT_ANSWER", 300)
+    got = await bq.table.load_table("feat", PATH, columns=["phase"], request_bytes=1)
+    assert list(got["phase"]) == [c.decode() for c in truth(folder)["phase"]]
+
+
+async def test_an_unmappable_column_type_is_refused_alone(bq: BisqueSession,
+                                                          folder: Path) -> None:
+    # h5py writes booleans as an HDF5 enum, which PyTables (so BisQue) types 'enum'
+    info = await bq.table.info("feat", "flags")
+    assert info.columns == {"n": "int32", "flag": "enum"}
+    with pytest.raises(UnsupportedError, match=r"flag \(enum\)"):
+        await bq.table.load_table("feat", "flags")
+    got = await bq.table.load_table("feat", "flags", columns=["n"])
+    assert list(got["n"]) == [1, 2]

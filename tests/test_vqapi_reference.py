@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import requests
 
-from aiobisque.server import TableServer, samples, serve_in_thread
+from aiobisque.server import TableServer, samples
 
 pytest.importorskip("pandas")
 table_proxy = pytest.importorskip("vqapi.services.table_proxy")
@@ -38,27 +38,21 @@ class _Session:
         self.c.auth = (user, password)
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("vqapi")
+def SAMPLES(folder: Path) -> None:
     with h5py.File(folder / "tab.h5", "w") as h5:
         h5["numbers"] = NUM
     samples.write_table(folder, "mixed", "rows", nrows=5)
     samples.write_array(folder, "vol", "v", (6, 5, 4), dtype=">f4", seed=4)
-    return folder
+
+
+SERVER_OPTIONS = {"users": {"alice": "wonderland"}}
 
 
 @pytest.fixture(scope="module")
-def server(folder: Path) -> Iterator[TableServer]:
-    with serve_in_thread(folder, users={"alice": "wonderland"}) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def proxy(server: TableServer) -> Iterator[Any]:
+def proxy(thread_server: TableServer) -> Iterator[Any]:
     session = _Session("alice", "wonderland")
     try:
-        yield table_proxy.TableProxy(session, server.table_url)
+        yield table_proxy.TableProxy(session, thread_server.table_url)
     finally:
         session.c.close()
 

@@ -178,6 +178,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name}: error: {message(exc)}", file=sys.stderr)
             return exit_status(exc)
         except KeyboardInterrupt:
+            if args.command == "upload":
+                # uploads are not idempotent: rerunning could store the file twice
+                print(f"{name}: interrupted; the file may or may not have been stored: look "
+                      "for the new resource (its upload_id tag is in the log with -v) before "
+                      "uploading again", file=sys.stderr)
+                return EXIT_UNCERTAIN
             print(f"{name}: interrupted; partial downloads are kept, rerun the same command "
                   "to resume", file=sys.stderr)
             return EXIT_INTERRUPTED
