@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import bqapi
 import h5py
 import numpy as np
 import pytest
 
 from aiobisque.server import TableServer, samples
-
-bqapi = pytest.importorskip("bqapi")
 
 # every numeric dtype, both byte orders where they exist
 DTYPES = [

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import bqapi
 import h5py
 import numpy as np
 import pytest
@@ -19,8 +20,6 @@ import pytest
 import aiobisque
 from aiobisque.compat import BQApiError, BQCommError, BQSession
 from aiobisque.server import TableServer, samples
-
-bqapi = pytest.importorskip("bqapi")
 
 USER, PASSWORD = "alice", "wonderland"
 REPO = Path(__file__).resolve().parents[1]

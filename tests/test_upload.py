@@ -11,6 +11,7 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
+import tables
 
 from aiobisque import (
     AuthenticationError,
@@ -30,8 +31,6 @@ from aiobisque import (
 from aiobisque.server import TableServer, run_server, samples, serve_in_thread
 from aiobisque.server.imports import ImportFaults
 from tests.conftest import ACCESS, DTYPES, FAST_RETRY, MEX_TOKENS, USER, USERS
-
-tables = pytest.importorskip("tables")
 
 
 @pytest.fixture
@@ -159,7 +158,7 @@ async def test_store_table_structured_array(bq: BisqueSession, srv: TableServer)
 
 
 async def test_store_table_dataframe(bq: BisqueSession, srv: TableServer) -> None:
-    pd = pytest.importorskip("pandas")
+    import pandas as pd
     frame = pd.DataFrame({
         "name": ["alpha", "\u03b2eta", ""],
         "count": np.array([1, 2, 3], dtype=np.int32),
@@ -277,7 +276,7 @@ async def test_bad_tables_are_refused(bq: BisqueSession, srv: TableServer) -> No
         await bq.table.store_table(np.zeros(2, dtype=[("a", "i4", (3,))]), "t")
     with pytest.raises(UsageError, match="object"):
         await bq.table.store_table(np.zeros(2, dtype=[("a", "O")]), "t")
-    pd = pytest.importorskip("pandas")
+    import pandas as pd
     with pytest.raises(UsageError, match="missing values"):
         await bq.table.store_table(pd.DataFrame({"s": ["a", None]}), "t")
     with pytest.raises(UsageError, match="non-empty strings"):

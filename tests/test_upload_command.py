@@ -15,8 +15,6 @@ from aiobisque.cli import main
 from aiobisque.server import TableServer, serve_in_thread
 from aiobisque.server.imports import ImportFaults
 
-pytest.importorskip("tables")
-
 
 @pytest.fixture
 def srv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TableServer]:
@@ -133,3 +131,16 @@ def test_uncertain_upload_exits_4(srv: TableServer, tmp_path: Path,
     err = capsys.readouterr().err
     assert "may or may not" in err and "upload_id=" in err
     assert srv.imports.requests == 1 and len(srv.imports.uploads) == 1
+
+
+def test_root_from_the_environment_as_for_downloads(srv: TableServer, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    np.save(tmp_path / "e.npy", np.arange(3, dtype=np.int16))
+    monkeypatch.setenv("BISQUE_ROOT", srv.root)
+    assert main(["upload", str(tmp_path / "e.npy"), "--name", "env", "--user", "alice"]) == 0
+    uniq = capsys.readouterr().out.strip()
+    np.testing.assert_array_equal(read(srv, uniq, "env"), np.arange(3, dtype=np.int16))
+    monkeypatch.delenv("BISQUE_ROOT")
+    assert main(["upload", str(tmp_path / "e.npy"), "--name", "env", "--user", "alice"]) == 2
+    assert "no server given" in capsys.readouterr().err

@@ -19,7 +19,6 @@ from aiobisque import BisqueSession, Session
 from aiobisque.compat import BQSession as CompatSession
 from aiobisque.server import TableServer, run_server, serve_in_thread
 
-tables = pytest.importorskip("tables")
 
 def basic(user: str, password: str) -> dict[str, str]:
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
@@ -231,7 +230,7 @@ async def test_malformed_multipart_is_an_internal_error(srv: TableServer,
 
 # -- the official client ---------------------------------------------------------------------
 
-bqapi = pytest.importorskip("bqapi")
+import bqapi  # noqa: E402
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ import requests
 
 from aiobisque.server import TableServer, samples
 
-pytest.importorskip("pandas")
 table_proxy = pytest.importorskip("vqapi.services.table_proxy")
 # vqapi reaches for numpy.core, which numpy 2 deprecates
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

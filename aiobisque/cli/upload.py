@@ -29,7 +29,9 @@ from typing import Any
 import numpy as np
 
 from aiobisque.cli.credentials import make_session, resolve_auth
-from aiobisque.cli.exits import EXIT_OK, EXIT_UNCERTAIN
+from aiobisque.cli.exits import EXIT_OK, EXIT_UNCERTAIN, CommandError
+from aiobisque.cli.options import ROOT_ENV
+from aiobisque.cli.roots import split_positionals
 from aiobisque.cli.running import run
 from aiobisque.errors import UploadUncertainError, UsageError
 from aiobisque.session import BisqueSession
@@ -53,8 +55,9 @@ def parse_tags(items: list[str] | None) -> dict[str, str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``upload`` command's own arguments to ``parser``."""
-    parser.add_argument("root", metavar="ROOT", help="server root URL, e.g. https://host")
-    parser.add_argument("file", type=Path, metavar="FILE", help="a .npy or HDF5 file")
+    parser.add_argument("root", nargs="?", metavar="ROOT",
+                        help=f"server root URL, e.g. https://host (default ${ROOT_ENV})")
+    parser.add_argument("file", nargs="?", metavar="FILE", help="a .npy or HDF5 file")
     parser.add_argument("--name", required=True, metavar="NAME",
                         help="the new resource is NAME.h5 (and the array its node /NAME)")
     parser.add_argument("--tags", nargs="+", action="extend", metavar="K=V",
@@ -86,7 +89,7 @@ def _load_dataset(path: Path, dataset: str) -> np.ndarray[Any, Any]:
 
 def _what(args: argparse.Namespace) -> tuple[str, Any]:
     """("file", path) to send an HDF5 file as is, or ("array"|"table", data)."""
-    path: Path = args.file
+    path = Path(args.file)
     if not path.is_file():
         raise UsageError(f"no such file: {path}")
     suffix = path.suffix.lower()
@@ -120,11 +123,18 @@ async def _upload(session: BisqueSession, kind: str, data: Any, name: str,
 
 def main(args: argparse.Namespace) -> int:
     """Run ``aiobisque upload`` with parsed ``args``; returns the exit status."""
+    # ROOT as for info and download: optional with $BISQUE_ROOT, checked the same way
+    root, rest = split_positionals(
+        argparse.Namespace(root=args.root, uniq=args.file, path=None),
+        "aiobisque upload [ROOT] FILE --name NAME", most=1)
+    if len(rest) != 1:
+        raise CommandError("upload needs FILE (a .npy or HDF5 file)")
+    args.file = rest[0]
     name = check_name(args.name)
     tags = parse_tags(args.tags)
     kind, data = _what(args)  # every check before anything is sent
-    auth = resolve_auth(args, args.root)
-    session = make_session(args, args.root, auth)
+    auth = resolve_auth(args, root)
+    session = make_session(args, root, auth)
     try:
         result = run(_upload(session, kind, data, name, tags))
     except UploadUncertainError as exc:
