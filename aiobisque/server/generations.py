@@ -9,7 +9,10 @@ the rest of the server asks a :class:`Generation` instead of testing names:
 * ``"py3"``: BisQue's Python 3 port. As ``"bisque"``, except that its CSV exporter calls
   pandas' ``to_csv(line_terminator=...)``, which pandas 2 no longer takes: every CSV data
   answer is its exporter's ``400 Data cannot be converted to CSV`` (``info/format:csv``
-  still works). Source: ``bq/table/controllers/exporters/to_csv.py`` in BisQue.
+  still works). Source: ``bq/table/controllers/exporters/to_csv.py`` in BisQue. The
+  port's other known failures (500 for the JSON of string cells, for matrix filters and
+  for table ranges of more than two entries; see README) are not emulated: their exact
+  answers were not recorded.
 * ``"viqi"``: ViQi. Services renamed as ``vqapi``'s ``ServiceFactory.RENAMED_SERVICES``
   says (``table`` -> ``tables``, ``auth_service`` -> ``auths``, ``data_service`` ->
   ``meta``...); ``/services`` lists ``<service type="NAME">URL</service>`` elements (what
