@@ -203,6 +203,20 @@ async def test_viqi_cookie_session(folder: Path) -> None:
         assert status == 200 and ElementTree.fromstring(body).find("username") is None
 
 
+async def test_viqi_logout_ends_the_cookie_session(folder: Path) -> None:
+    async with run_server(folder, users=USERS, generation="viqi") as srv:
+        info = srv.table_url + "nums/numbers/info/format:json"
+        auths = srv.service_url("auths")
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            async with http.get(auths + "session", headers=basic_auth()) as resp:
+                cookie = resp.cookies["mex_session"].value
+            # vqapi's AuthProxy.logout: GET logout_handler without following the redirect
+            async with http.get(auths + "logout_handler", allow_redirects=False) as resp:
+                assert resp.status == 302
+        status, _, _ = await _get(info, headers={"Cookie": f"mex_session={cookie}"})
+        assert status == 401 and srv.sessions is not None and len(srv.sessions) == 0
+
+
 async def test_client_keeps_one_viqi_session(folder: Path) -> None:
     async with run_server(folder, users=USERS, generation="viqi") as srv:
         async with BisqueSession(srv.root, auth=("alice", "wonderland"), config=config()) as bq:

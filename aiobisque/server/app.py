@@ -158,10 +158,15 @@ class TableServer:
                 login=False,
             ),
             Route(table_service, any_segment, table_kind, self.tables.handle),
+
             Route(self.names["data_service"], single, "data_service", self._resource),
             Route("module_service", lambda rest: rest[:1] == ["mex"], "other", self._mex),
             Route("import", lambda rest: True, "import", self._import),  # any transfer* name
         )
+        if self.sessions is not None:
+            logout = Route(auth_service, exact("logout_handler"), "session", self._logout,
+                           login=False)
+            self.router.add(logout)
         self.imports = ImportService(self)  # uploads: POST {import}/transfer*
 
     # -- public handle ---------------------------------------------------------------
@@ -265,6 +270,16 @@ class TableServer:
             )
             ET.SubElement(session, "tag", name="timeout", value="3600")
         return _xml(session)
+
+    async def _logout(self, call: Call) -> web.Response:
+        # ViQi's clients end their session here (vqapi AuthProxy.logout); the cookie is
+        # dropped and the caller sent on, as a login page's logout does (the exact answer
+        # of a ViQi server is not published)
+        if self.sessions is not None:
+            self.sessions.close(call.request.cookies.get(CookieSessions.cookie))
+        expired = f"{CookieSessions.cookie}=; Max-Age=0; Path=/"
+        return web.Response(status=302, headers={"Location": f"{self.root}/",
+                                                 "Set-Cookie": expired})
 
     def _natural_session(self, session: ET.Element, user: str) -> ET.Element:
         """ViQi's session document: what vqapi reads (``user``, ``username``, ``groups``)."""

@@ -21,9 +21,16 @@ the rest of the server asks a :class:`Generation` instead of testing names:
   ``AuthProxy._fetch_session`` and ``BQSession._check_session`` read); a request with
   valid credentials opens a cookie session (``mex_session``, the cookie ``vqapi`` pickles
   with a session) that later requests may carry instead of credentials, as ``vqapi``'s
-  ``AuthProxy.login`` does (Basic for the session check, then cookies only); every answer
-  carries ``x-viqi-api-version``. Basic credentials stay accepted on every request:
-  nothing in ``vqapi`` says a ViQi server refuses them.
+  ``AuthProxy.login`` does (Basic for the session check, then cookies only), until
+  ``{auths}/logout_handler`` (``AuthProxy.logout``) ends it; every answer carries
+  ``x-viqi-api-version``. Basic credentials stay accepted on every request: nothing in
+  ``vqapi`` says a ViQi server refuses them.
+
+  Not confirmed (no ViQi server's code is public): the header's value (viqi-api sends its
+  own version in ``x-viqi-api-version`` on requests and reads ``x-viqi-api-deprecated``
+  from answers; that answers carry ``x-viqi-api-version`` is the protocol notes' word), the
+  session document's fields beyond ``user`` and ``username`` (vqapi reads no others), and
+  what ``logout_handler`` answers (here a redirect to the root, as login pages do).
 """
 
 from __future__ import annotations
