@@ -272,6 +272,14 @@ def test_serve_takes_generation() -> None:
     assert parser.parse_args(["dir"]).table_service is None
 
 
+@pytest.mark.parametrize("bisque_generation", GENERATIONS)
+async def test_plugin_fixtures_take_a_generation(bisque_server: TableServer,
+                                                 bisque_generation: str) -> None:
+    assert bisque_server.generation.name == bisque_generation
+    async with BisqueSession(bisque_server.root, auth=("alice", "wonderland")) as bq:
+        assert (await bq.info(samples.SEED_UNIQ)).kind == "group"
+
+
 # -- the client's parsing -------------------------------------------------------------------------
 
 
