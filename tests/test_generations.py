@@ -93,6 +93,13 @@ async def test_info_of_a_group(gen_server: TableServer) -> None:
     assert info.kind == "group" and info.children
 
 
+async def test_store_array_then_read_it_back(gen_server: TableServer) -> None:
+    async with BisqueSession(gen_server.root, auth=("alice", "wonderland"), config=config()) as bq:
+        result = await bq.table.store_array(np.arange(6, dtype="int16"), "up")
+        assert result.uri == bq.services["data_service"] + result.uniq
+        np.testing.assert_array_equal(await bq.load_array(result.uniq, "up"), np.arange(6))
+
+
 async def test_wrong_password_is_an_authentication_error(gen_server: TableServer) -> None:
     with pytest.raises(AuthenticationError, match="wrong user name or password"):
         async with BisqueSession(gen_server.root, auth=("alice", "WRONG-pw-123"),
