@@ -9,6 +9,10 @@ with its session cookie alone, as it does against real ViQi servers.
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -267,6 +271,31 @@ def test_unknown_generation_is_refused(folder: Path) -> None:
     with pytest.raises(ValueError, match="unknown server generation 'viqi2'"), \
             serve_in_thread(folder, generation="viqi2"):
         pass
+
+
+def test_serve_command_answers_as_viqi(folder: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), *sys.path])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aiobisque.server", str(folder), "--generation", "viqi",
+         "--public", "nums"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        root = process.stdout.readline().split()[1]
+        with urllib.request.urlopen(root + "/services", timeout=10) as response:
+            assert response.headers["x-viqi-api-version"]
+            assert f'<service type="tables">{root}/tables/</service>' in response.read().decode()
+        with urllib.request.urlopen(f"{root}/tables/nums/numbers/info/format:json",
+                                    timeout=10) as response:
+            assert response.status == 200
+        process.terminate()
+        _, err = process.communicate(timeout=15)
+        assert f"table service: {root}/tables/" in err and "answering as: viqi" in err
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
 
 def test_serve_takes_generation() -> None:
