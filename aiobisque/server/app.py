@@ -158,7 +158,6 @@ class TableServer:
                 login=False,
             ),
             Route(table_service, any_segment, table_kind, self.tables.handle),
-
             Route(self.names["data_service"], single, "data_service", self._resource),
             Route("module_service", lambda rest: rest[:1] == ["mex"], "other", self._mex),
             Route("import", lambda rest: True, "import", self._import),  # any transfer* name
@@ -255,10 +254,8 @@ class TableServer:
         session = ET.Element("session")
         request = call.request
         user = self.auth.session_user(request.headers, request.cookies)
-        if user is not None and self.auth.sessions is not None and request.headers.get(
-            "Authorization"
-        ):
-            request[LOGGED_IN] = user  # the login ViQi's clients make: a cookie comes back
+        if user is not None and request.headers.get("Authorization"):
+            request[LOGGED_IN] = user  # ViQi's clients log in here: a cookie comes back
         if user is not None and self.generation.natural_session:
             return _xml(self._natural_session(session, user))
         if user is not None:
