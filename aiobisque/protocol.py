@@ -34,6 +34,7 @@ from aiobisque.errors import (
 )
 
 __all__ = [
+    "VIQI_SERVICE_NAMES",
     "ArrayInfo",
     "parse_info",
     "parse_login_providers",
@@ -150,15 +151,44 @@ def _xml(text: str | bytes, what: str, url: str) -> ElementTree.Element:
         ) from None
 
 
+#: ViQi's names of BisQue's services (vqapi's ``ServiceFactory.RENAMED_SERVICES``, inverted)
+VIQI_SERVICE_NAMES: Mapping[str, str] = {
+    "tables": "table",
+    "auths": "auth_service",
+    "meta": "data_service",
+    "blobs": "blob_service",
+    "pixels": "image_service",
+    "datasets": "dataset_service",
+    "mexes": "mex_service",
+    "pipelines": "pipeline",
+    "preferences": "preference",
+}
+
+
+def _listed_services(doc: ElementTree.Element) -> list[tuple[str | None, str | None]]:
+    """(name, URL) pairs: BisQue's ``<tag name="service" type= value=>`` elements and
+    ViQi's ``<service type="NAME">URL</service>`` ones."""
+    found: list[tuple[str | None, str | None]] = []
+    for element in doc.iter():
+        if element.tag == "tag" and element.get("name") == "service":
+            found.append((element.get("type"), element.get("value")))
+        elif element.tag == "service" and element.get("type"):
+            found.append((element.get("type"), (element.text or "").strip() or None))
+    return found
+
+
 def parse_services(text: str | bytes, root: str) -> dict[str, str]:
-    """Service name -> absolute base URL (ending in ``/``) from ``{root}/services``."""
+    """Service name -> absolute base URL (ending in ``/``) from ``{root}/services``.
+
+    Both BisQue's ``tag`` elements and ViQi's ``service`` elements are read. A ViQi name
+    (``tables``, ``auths``, ``meta``...) is also listed under BisQue's (``table``,
+    ``auth_service``, ``data_service``...) unless the server lists that name itself, so the
+    client asks for one name whatever the server's generation.
+    """
     url = root.rstrip("/") + "/services"
     doc = _xml(text, "the services list", url)
     services: dict[str, str] = {}
-    for tag in doc.iter("tag"):
-        if tag.get("name") != "service":
-            continue
-        name, value = tag.get("type"), tag.get("value")
+    for name, value in _listed_services(doc):
         if not name or not value:
             continue
         absolute = urljoin(root.rstrip("/") + "/", value)
@@ -170,15 +200,26 @@ def parse_services(text: str | bytes, root: str) -> dict[str, str]:
             f"{redact_url(url)} lists no services: is {redact_url(root)!r} a BisQue server?",
             url=url,
         )
+    for viqi, bisque in VIQI_SERVICE_NAMES.items():
+        if viqi in services and bisque not in services:
+            services[bisque] = services[viqi]
     return services
 
 
 def parse_session_user(text: str | bytes, url: str) -> str | None:
-    """The user named by an ``auth_service/session`` document, or None when anonymous."""
+    """The user named by an ``auth_service/session`` document, or None when anonymous.
+
+    BisQue: ``<session><tag name="user" value="NAME"/>...``; ViQi (natural XML):
+    ``<session><user>UNIQ</user><username>NAME</username>...``.
+    """
     doc = _xml(text, "the auth session", url)
     for tag in doc.iter("tag"):
         if tag.get("name") == "user" and tag.get("value"):
             return tag.get("value")
+    for name in ("username", "user"):
+        child = doc.find(name)
+        if child is not None and (child.text or "").strip():
+            return (child.text or "").strip()
     return None
 
 

@@ -9,11 +9,13 @@ import os
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from http.cookies import BaseCookie, SimpleCookie
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
+from yarl import URL
 
 from aiobisque.config import Config
 from aiobisque.errors import (
@@ -90,6 +92,31 @@ def _authorization(auth: Any) -> tuple[str | None, str | None]:
         token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
         return f"Basic {token}", user
     raise UsageError("auth must be None, a (user, password) tuple or a MexToken")
+
+
+class TrustedCookieJar(aiohttp.CookieJar):
+    """Cookies kept from, and sent to, only the origins credentials may go to.
+
+    A ViQi server answers a login with a session cookie (``mex_session``), which is as
+    good as the password: it gets the same rule as the ``Authorization`` header. Cookie
+    rules alone would send it to every port and, unless marked secure, over plain http of
+    the same host, and aiohttp's default jar refuses cookies from IP-address hosts (such as
+    a server on 127.0.0.1). ``unsafe=True`` lifts that refusal; the origin check, which is
+    stricter than any domain rule, keeps it safe.
+    """
+
+    def __init__(self, trusted: Callable[[str], bool]) -> None:
+        super().__init__(unsafe=True)
+        self._trusted = trusted
+
+    def update_cookies(self, cookies: Any, response_url: URL = URL()) -> None:  # noqa: B008
+        if self._trusted(str(response_url)):
+            super().update_cookies(cookies, response_url)
+
+    def filter_cookies(self, request_url: URL = URL()) -> BaseCookie[str]:  # noqa: B008
+        if not self._trusted(str(request_url)):
+            return SimpleCookie()
+        return super().filter_cookies(request_url)
 
 
 def _origin_url(url: str) -> str:
@@ -183,7 +210,9 @@ class BisqueSession:
             return
         if self._http is None:
             connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
-            self._http = aiohttp.ClientSession(connector=connector, auto_decompress=True)
+            self._http = aiohttp.ClientSession(
+                connector=connector, auto_decompress=True,
+                cookie_jar=TrustedCookieJar(self._is_trusted))
         self._transport = Transport(self._http, self.config, self._authorization)
         self._transport.trust(self.root)
         self._executor = ThreadPoolExecutor(
@@ -197,6 +226,10 @@ class BisqueSession:
         except BaseException:
             await self.close()
             raise
+
+    def _is_trusted(self, url: str) -> bool:
+        """Whether credentials (and so session cookies) may go to ``url``."""
+        return self._transport is not None and origin(url) in self._transport.trusted
 
     def _trust_services(self) -> None:
         """Credentials go to the root's origin and to ``trusted_origins``, nowhere else.
@@ -214,8 +247,12 @@ class BisqueSession:
                     "use https, or pass allow_insecure=True if you accept the risk"
                 )
             transport.trust(extra)
+        warned = set()
         for name, url in self.services.items():
+            if url in warned:
+                continue  # a ViQi service listed under BisQue's name too
             if self._authorization and origin(url) not in transport.trusted:
+                warned.add(url)
                 log.warning(
                     "service %s is at %s, another origin than %s: no credentials are sent "
                     "there unless it is listed in trusted_origins", name, redact_url(url),

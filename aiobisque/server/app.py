@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import hashlib
 import os
 import secrets
 import threading
@@ -35,11 +36,13 @@ from typing import Any
 
 from aiohttp import web
 
-from aiobisque.server.auth import AccessRules, Authenticator, Refusal
+from aiobisque.server.auth import AccessRules, Authenticator, CookieSessions, Refusal
 from aiobisque.server.connections import GuardedRunner
 from aiobisque.server.faults import FaultPlan
+from aiobisque.server.generations import Generation, by_name
 from aiobisque.server.imports import ImportService
 from aiobisque.server.routes import (
+    LOGGED_IN,
     Call,
     Route,
     Router,
@@ -59,6 +62,7 @@ __all__ = ["DEMO_MEX_TOKENS", "DEMO_USERS", "TableServer", "run_server", "serve_
 DEMO_USERS: Mapping[str, str] = MappingProxyType({"alice": "wonderland"})
 DEMO_MEX_TOKENS: Mapping[str, str] = MappingProxyType({"TOKEN123": "alice"})
 
+#: the services listed besides the table service, by their BisQue names
 SERVICES = (
     "data_service", "auth_service", "blob_service", "image_service", "module_service", "import"
 )
@@ -94,12 +98,16 @@ class TableServer:
         public: Collection[str],
         access: Mapping[str, Collection[str]],
         faults: FaultPlan,
-        table_service: str,
+        table_service: str | None,
         service_prefix: str,
         hdf_layout: str,
         limits: Limits | None = None,
+        generation: Generation | None = None,
     ) -> None:
         limits = limits or Limits()
+        self.generation = generation or Generation("bisque")
+        if table_service is None:
+            table_service = self.generation.service_name("table")
         if hdf_layout not in ("contiguous", "chunked"):
             raise ValueError(f"hdf_layout must be 'contiguous' or 'chunked', got {hdf_layout!r}")
         if not table_service or "/" in table_service:
@@ -107,7 +115,8 @@ class TableServer:
         self.store = Store(folder)
         self.folder = self.store.folder
         self.mex_tokens = dict(mex_tokens)
-        self.auth = Authenticator(users, self.mex_tokens)
+        self.sessions = CookieSessions() if self.generation.cookie_sessions else None
+        self.auth = Authenticator(users, self.mex_tokens, self.sessions)
         self.rules = AccessRules(public, access)
         self.table_service = table_service
         self.prefix = [p for p in service_prefix.split("/") if p]
@@ -124,27 +133,39 @@ class TableServer:
             plan=faults,
             layout=hdf_layout,
             limits=limits,
+            csv_data_broken=self.generation.csv_data_broken,
         )
         self.limits = limits
         self.budget = self.tables.budget
+        # what each of BisQue's services is called here (ViQi renames them)
+        self.names = {name: self.generation.service_name(name) for name in SERVICES}
+        auth_service = self.names["auth_service"]
         self.router = Router(
-            self.prefix, self.stats, self.auth, listed=SERVICES, latency=self._latency
+            self.prefix,
+            self.stats,
+            self.auth,
+            listed=tuple(self.names.values()),
+            latency=self._latency,
         )
         self.router.add(
             Route(None, exact("services"), "services", self._services, login=False),
-            Route("auth_service", exact("session"), "session", self._session, login=False),
+            Route(auth_service, exact("session"), "session", self._session, login=False),
             Route(
-                "auth_service",
+                auth_service,
                 exact("login_providers"),
                 "login_providers",
                 self._login_providers,
                 login=False,
             ),
             Route(table_service, any_segment, table_kind, self.tables.handle),
-            Route("data_service", single, "data_service", self._resource),
+            Route(self.names["data_service"], single, "data_service", self._resource),
             Route("module_service", lambda rest: rest[:1] == ["mex"], "other", self._mex),
             Route("import", lambda rest: True, "import", self._import),  # any transfer* name
         )
+        if self.sessions is not None:
+            logout = Route(auth_service, exact("logout_handler"), "session", self._logout,
+                           login=False)
+            self.router.add(logout)
         self.imports = ImportService(self)  # uploads: POST {import}/transfer*
 
     # -- public handle ---------------------------------------------------------------
@@ -174,8 +195,11 @@ class TableServer:
         return self.rules.public
 
     def service_url(self, name: str) -> str:
-        """The absolute base URL (ending in ``/``) of a service, as ``/services`` lists it."""
-        return "/".join([self.root, *self.prefix, name]) + "/"
+        """The absolute base URL (ending in ``/``) of a service, as ``/services`` lists it.
+
+        ``name`` is BisQue's name (``"data_service"``) or this generation's (``"meta"``).
+        """
+        return "/".join([self.root, *self.prefix, self.names.get(name, name)]) + "/"
 
     @property
     def table_url(self) -> str:
@@ -189,6 +213,23 @@ class TableServer:
         """The one aiohttp handler: the route table's dispatch."""
         return await self.router.handle(request)
 
+    async def on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Headers every answer of this generation carries (streamed ones too).
+
+        A ViQi request whose credentials were accepted opens a cookie session, unless it
+        already carries one of that user's.
+        """
+        if self.generation.api_version is not None:
+            response.headers["x-viqi-api-version"] = self.generation.api_version
+        user = request.get(LOGGED_IN)
+        if self.sessions is None or user is None:
+            return
+        if self.sessions.user(request.cookies.get(CookieSessions.cookie)) == user:
+            return
+        value = self.sessions.open(user)  # URL-safe characters: no quoting needed
+        # as a header: aiohttp has already rendered response.cookies by this signal
+        response.headers.add("Set-Cookie", f"{CookieSessions.cookie}={value}; HttpOnly; Path=/")
+
     def _readable(self, uniq: str, user: str | None) -> Path | web.Response:
         """The resource's file, or the 404/401/403 response that refuses it."""
         file = self.store.locate(uniq)
@@ -201,14 +242,22 @@ class TableServer:
 
     async def _services(self, call: Call) -> web.Response:
         root = ET.Element("resource", uri=f"{self.root}/services")
-        for name in (self.table_service, *SERVICES):
-            ET.SubElement(root, "tag", name="service", type=name, value=self.service_url(name))
+        for name in (self.table_service, *self.names.values()):
+            if self.generation.services_as_elements:  # ViQi: <service type=NAME>URL</service>
+                ET.SubElement(root, "service", type=name).text = self.service_url(name)
+            else:
+                ET.SubElement(root, "tag", name="service", type=name, value=self.service_url(name))
         return _xml(root)
 
     async def _session(self, call: Call) -> web.Response:
         # like BisQue: wrong credentials give an empty session, not an HTTP error
         session = ET.Element("session")
-        user = self.auth.session_user(call.request.headers.get("Authorization"))
+        request = call.request
+        user = self.auth.session_user(request.headers, request.cookies)
+        if user is not None and request.headers.get("Authorization"):
+            request[LOGGED_IN] = user  # ViQi's clients log in here: a cookie comes back
+        if user is not None and self.generation.natural_session:
+            return _xml(self._natural_session(session, user))
         if user is not None:
             expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
             ET.SubElement(session, "tag", name="user", value=user)
@@ -218,6 +267,31 @@ class TableServer:
             )
             ET.SubElement(session, "tag", name="timeout", value="3600")
         return _xml(session)
+
+    async def _logout(self, call: Call) -> web.Response:
+        # ViQi's clients end their session here (vqapi AuthProxy.logout); the cookie is
+        # dropped and the caller sent on, as a login page's logout does (the exact answer
+        # of a ViQi server is not published)
+        if self.sessions is not None:
+            self.sessions.close(call.request.cookies.get(CookieSessions.cookie))
+        expired = f"{CookieSessions.cookie}=; Max-Age=0; Path=/"
+        return web.Response(status=302, headers={"Location": f"{self.root}/",
+                                                 "Set-Cookie": expired})
+
+    def _natural_session(self, session: ET.Element, user: str) -> ET.Element:
+        """ViQi's session document: what vqapi reads (``user``, ``username``, ``groups``)."""
+        expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+        # ViQi names a user by its resource uniq; this server has none, so one is derived
+        uniq = "00-" + hashlib.sha256(user.encode("utf-8")).hexdigest()[:22]
+        for name, value in (
+            ("user", uniq),
+            ("username", user),
+            ("groups", ""),
+            ("expires", expires.isoformat(timespec="seconds")),
+            ("timeout", "3600"),
+        ):
+            ET.SubElement(session, name).text = value or None
+        return session
 
     async def _login_providers(self, call: Call) -> web.Response:
         root = ET.Element("resource")
@@ -288,12 +362,13 @@ async def run_server(
     faults: FaultPlan | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
-    table_service: str = "table",
+    table_service: str | None = None,
     service_prefix: str = "",
     hdf_layout: str = "contiguous",
     keepalive_timeout: float = 75.0,
     header_timeout: float = 20.0,
     limits: Limits | None = None,
+    generation: str = "bisque",
 ) -> AsyncIterator[TableServer]:
     """Serve ``folder`` on ``host:port`` (0: a free port) for the duration of the block.
 
@@ -306,7 +381,8 @@ async def run_server(
         public: uniqs readable anonymously; all others need a login.
         access: uniq -> users allowed (a uniq absent here: every logged-in user).
         faults: the :class:`FaultPlan` for data requests (default: none).
-        table_service: the table service's name in ``/services`` (ViQi uses ``"tables"``).
+        table_service: the table service's name in ``/services`` (default: the
+            generation's, ``"table"`` or ViQi's ``"tables"``); it overrides only that name.
         service_prefix: a path prefix for every service (``/services`` stays at the root).
         hdf_layout: ``"chunked"`` serves gzip-compressed chunked images instead.
         keepalive_timeout: seconds an idle connection is kept open.
@@ -315,6 +391,10 @@ async def run_server(
         limits: memory bounds (:class:`~aiobisque.server.store.Limits`): the most array
             data one text-format answer may render, one request may read, and all data
             requests together may hold. Beyond them: 413, or 503 after a wait.
+        generation: which servers to answer as (:mod:`~aiobisque.server.generations`):
+            ``"bisque"`` (0.5/0.6, the default), ``"py3"`` (BisQue's Python 3 port: CSV
+            data answers 400) or ``"viqi"`` (renamed services, ``<service>`` elements,
+            cookie sessions, ``x-viqi-api-version``).
 
     Example::
 
@@ -334,9 +414,11 @@ async def run_server(
         service_prefix=service_prefix,
         hdf_layout=hdf_layout,
         limits=limits,
+        generation=by_name(generation),
     )
     app = web.Application(client_max_size=1 << 20)
     app.router.add_route("*", "/{tail:.*}", server.handle)
+    app.on_response_prepare.append(server.on_prepare)
     runner = GuardedRunner(
         app,
         header_timeout=header_timeout,

@@ -7,6 +7,10 @@ in". A resource a user may not read is reported like one that does not exist: 40
 anonymous request, 403 to a logged-in one (BisQue's ``check_access`` cannot tell the two
 apart, so neither can a client).
 
+A ViQi server (generation ``"viqi"``) also keeps cookie sessions (:class:`CookieSessions`):
+valid credentials open one, and a request that carries its cookie and no ``Authorization``
+header is that user's.
+
 Passwords and tokens are compared as UTF-8 bytes in constant time, so any Unicode login
 works (``hmac.compare_digest`` raises on non-ASCII ``str``).
 """
@@ -16,9 +20,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import secrets
+from collections import OrderedDict
 from collections.abc import Collection, Mapping
 
-__all__ = ["AccessRules", "AuthFailed", "Authenticator", "Refusal"]
+__all__ = ["AccessRules", "AuthFailed", "Authenticator", "CookieSessions", "Refusal"]
 
 
 class AuthFailed(Exception):
@@ -30,16 +36,76 @@ def _same(expected: str, given: str) -> bool:
     return hmac.compare_digest(expected.encode("utf-8"), given.encode("utf-8"))
 
 
+class CookieSessions:
+    """Server-side login sessions named by a random cookie value (ViQi's ``mex_session``).
+
+    At most ``capacity`` are kept, the least recently used dropped first: a client that
+    sends credentials on every request without keeping cookies opens one per request.
+    A cookie the server does not know (expired, dropped, forged) is simply anonymous.
+    """
+
+    cookie = "mex_session"
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self.capacity = capacity
+        self._users: OrderedDict[str, str] = OrderedDict()
+        self.opened = 0  # sessions opened since the start (tests read it)
+
+    def open(self, user: str) -> str:
+        """A new session for ``user``: the cookie value that names it."""
+        value = secrets.token_urlsafe(24)
+        self._users[value] = user
+        self.opened += 1
+        while len(self._users) > self.capacity:
+            self._users.popitem(last=False)
+        return value
+
+    def user(self, value: str | None) -> str | None:
+        """The user of the session ``value`` names, or None."""
+        if not value:
+            return None
+        user = self._users.get(value)
+        if user is not None:
+            self._users.move_to_end(value)
+        return user
+
+    def close(self, value: str | None) -> None:
+        """End a session (logout)."""
+        if value:
+            self._users.pop(value, None)
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+
 class Authenticator:
     """Checks an ``Authorization`` header against the known users and Mex tokens.
 
     ``mex_tokens`` is kept by reference on purpose: the module service adds the tokens of
-    new module executions to it while the server runs.
+    new module executions to it while the server runs. With ``sessions``, a request
+    without that header may name a cookie session instead (:meth:`identify`).
     """
 
-    def __init__(self, users: Mapping[str, str], mex_tokens: dict[str, str]) -> None:
+    def __init__(
+        self,
+        users: Mapping[str, str],
+        mex_tokens: dict[str, str],
+        sessions: CookieSessions | None = None,
+    ) -> None:
         self.users = dict(users)
         self.mex_tokens = mex_tokens
+        self.sessions = sessions
+
+    def identify(self, headers: Mapping[str, str], cookies: Mapping[str, str]) -> str | None:
+        """The user of a request: its credentials, else its cookie session, else None.
+
+        Credentials win over a cookie, and wrong ones raise :class:`AuthFailed` even when
+        the cookie is good (the server cannot guess which one the caller meant).
+        """
+        header = headers.get("Authorization")
+        if header or self.sessions is None:
+            return self.user(header)
+        return self.sessions.user(cookies.get(CookieSessions.cookie))
 
     def user(self, header: str | None) -> str | None:
         """The authenticated user, ``None`` when anonymous; raises :class:`AuthFailed`."""
@@ -68,10 +134,10 @@ class Authenticator:
                 return owner
         raise AuthFailed
 
-    def session_user(self, header: str | None) -> str | None:
-        """Like :meth:`user`, but wrong credentials are simply "not logged in"."""
+    def session_user(self, headers: Mapping[str, str], cookies: Mapping[str, str]) -> str | None:
+        """Like :meth:`identify`, but wrong credentials are simply "not logged in"."""
         try:
-            return self.user(header)
+            return self.identify(headers, cookies)
         except AuthFailed:
             return None
 

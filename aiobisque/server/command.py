@@ -21,6 +21,7 @@ from pathlib import Path
 
 from aiobisque.server.app import DEMO_MEX_TOKENS, DEMO_USERS, TableServer, run_server
 from aiobisque.server.faults import TRUNCATE_FRAMINGS, FaultPlan, parse_size
+from aiobisque.server.generations import GENERATIONS
 from aiobisque.server.store import SUFFIXES, Limits
 
 __all__ = ["add_arguments", "describe", "main", "plan_from_args", "run"]
@@ -84,10 +85,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--public", action="append", default=[], metavar="UNIQ", help="a uniq readable anonymously"
     )
     parser.add_argument(
+        "--generation",
+        choices=tuple(GENERATIONS),
+        default="bisque",
+        help="answer as BisQue 0.5/0.6 (bisque), its Python 3 port (py3) or ViQi (viqi) "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
         "--table-service",
-        default="table",
+        default=None,
         metavar="NAME",
-        help="table service name; ViQi uses tables (default %(default)s)",
+        help="table service name (default: the generation's, table or ViQi's tables)",
     )
     parser.add_argument(
         "--service-prefix", default="", metavar="PATH", help="path prefix for every service"
@@ -300,6 +308,7 @@ async def _serve(args: argparse.Namespace, plan: FaultPlan) -> None:
         host=args.host,
         port=args.port,
         table_service=args.table_service,
+        generation=args.generation,
         service_prefix=args.service_prefix,
         hdf_layout=args.hdf_layout,
         keepalive_timeout=args.keepalive_timeout,
@@ -350,6 +359,8 @@ def describe(server: TableServer, *, demo_login: bool, demo_token: bool) -> str:
         owners = ", ".join(sorted(set(server.mex_tokens.values())))
         lines.append(f"mex tokens for: {owners}")
     lines.append(f"table service: {server.table_url}")
+    if server.generation.name != "bisque":
+        lines.append(f"answering as: {server.generation.name} (see aiobisque.server.generations)")
     return "\n".join(lines)
 
 

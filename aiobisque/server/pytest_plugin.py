@@ -7,6 +7,8 @@ the fixtures by name into a test module.
 - ``bisque_server``: :func:`run_server` on that folder (async; user ``alice`` /
   ``wonderland``, Mex token ``TOKEN123``), yielding the :class:`TableServer` handle.
 - ``bisque_thread_server``: the same from :func:`serve_in_thread`, for synchronous clients.
+- ``bisque_generation``: which servers both answer as (``"bisque"``); parametrize it to run
+  a test against others: ``@pytest.mark.parametrize("bisque_generation", ["py3", "viqi"])``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ __all__ = [
     "BISQUE_USER",
     "basic_auth",
     "bisque_folder",
+    "bisque_generation",
     "bisque_server",
     "bisque_thread_server",
 ]
@@ -43,17 +46,27 @@ def bisque_folder(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.fixture
+def bisque_generation() -> str:
+    """The server generation of ``bisque_server`` (see :mod:`aiobisque.server.generations`)."""
+    return "bisque"
+
+
 @pytest_asyncio.fixture
-async def bisque_server(bisque_folder: Path) -> AsyncIterator[TableServer]:
+async def bisque_server(bisque_folder: Path, bisque_generation: str) -> AsyncIterator[TableServer]:
     """The embedded server on ``bisque_folder``, on the test's event loop."""
-    async with run_server(bisque_folder, users={BISQUE_USER: BISQUE_PASSWORD}) as server:
+    async with run_server(
+        bisque_folder, users={BISQUE_USER: BISQUE_PASSWORD}, generation=bisque_generation
+    ) as server:
         yield server
 
 
 @pytest.fixture
-def bisque_thread_server(bisque_folder: Path) -> Iterator[TableServer]:
+def bisque_thread_server(bisque_folder: Path, bisque_generation: str) -> Iterator[TableServer]:
     """The embedded server on ``bisque_folder``, on its own loop in a thread."""
-    with serve_in_thread(bisque_folder, users={BISQUE_USER: BISQUE_PASSWORD}) as server:
+    with serve_in_thread(
+        bisque_folder, users={BISQUE_USER: BISQUE_PASSWORD}, generation=bisque_generation
+    ) as server:
         yield server
 
 

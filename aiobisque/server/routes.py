@@ -21,10 +21,12 @@ from aiohttp import web
 from aiobisque.server.auth import Authenticator, AuthFailed
 from aiobisque.server.stats import ServerStats
 
-__all__ = ["Call", "Route", "Router", "any_segment", "exact", "single"]
+__all__ = ["LOGGED_IN", "STATUS_COUNTED", "Call", "Route", "Router", "any_segment", "exact", "single"]
 
 # set on a request whose status its handler counted itself (before its last byte)
 STATUS_COUNTED = web.RequestKey("aiobisque_status_counted", bool)
+# the user whose credentials (not a cookie) a request carried and the server accepted
+LOGGED_IN = web.RequestKey("aiobisque_logged_in", str)
 
 
 @dataclass
@@ -123,7 +125,7 @@ class Router:
                 return text_response(404, "no such service")
             # a service's other paths still check credentials, as BisQue's do
             try:
-                self.auth.user(request.headers.get("Authorization"))
+                self._identify(request)
             except AuthFailed:
                 return bad_credentials()
             status = 501 if service in self.listed else 404
@@ -132,10 +134,16 @@ class Router:
         call = Call(request, rest)
         if route.login:
             try:
-                call.user = self.auth.user(request.headers.get("Authorization"))
+                call.user = self._identify(request)
             except AuthFailed:
                 return bad_credentials()
         return await route.handler(call)
+
+    def _identify(self, request: web.Request) -> str | None:
+        user = self.auth.identify(request.headers, request.cookies)
+        if user is not None and request.headers.get("Authorization"):
+            request[LOGGED_IN] = user
+        return user
 
 
 def text_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:

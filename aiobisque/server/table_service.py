@@ -34,6 +34,10 @@ _HDF_CLASH = Answer.error(
 )
 
 
+# what the Python 3 port's CSV exporter answers once pandas 2 refuses its arguments
+_CSV_BROKEN = Answer.error(400, "Data cannot be converted to CSV")
+
+
 def table_kind(rest: list[str]) -> str:
     """How a table request is counted: ``info`` or ``data``."""
     return "info" if "info" in rest else "data"
@@ -56,6 +60,7 @@ class TableService:
         plan: FaultPlan,
         layout: str,
         limits: Limits,
+        csv_data_broken: bool = False,
     ) -> None:
         self.store = store
         self.rules = rules
@@ -65,6 +70,8 @@ class TableService:
         self.seq = 0
         self.layout = layout
         self.limits = limits
+        # BisQue's Python 3 port: its CSV exporter fails on pandas 2 (generations.py)
+        self.csv_data_broken = csv_data_broken
         self.budget = MemoryBudget(limits.total_bytes)
         self.hdf_exports = 0  # format:hdf answers being built or sent now
         # h5py serialises HDF5 calls on one lock; a few threads still let encoding and
@@ -205,6 +212,8 @@ class TableService:
         outcome: DataOutcome,
     ) -> web.StreamResponse:
         answer = await self._answer(file, query)
+        if answer.data and answer.status == 200 and self.csv_data_broken and query.format == "csv":
+            answer = _CSV_BROKEN
         if answer.status != 200 or not answer.data:
             return self._plain(answer)
         if decision.kind is not None:
