@@ -64,8 +64,9 @@ async def gen_server(request: pytest.FixtureRequest, folder: Path) -> AsyncItera
 
 
 @pytest.fixture(scope="module", params=GENERATIONS)
-def gen_thread_server(request: pytest.FixtureRequest, folder: Path) -> Iterator[TableServer]:
-    with serve_in_thread(folder, users=USERS, generation=request.param) as srv:
+def gen_thread_server(request: pytest.FixtureRequest,
+                      module_folder: Path) -> Iterator[TableServer]:
+    with serve_in_thread(module_folder, users=USERS, generation=request.param) as srv:
         yield srv
 
 
@@ -338,8 +339,8 @@ def test_parse_services_reads_both_forms() -> None:
 
 
 @pytest.fixture(scope="module")
-def viqi_thread_server(folder: Path) -> Iterator[TableServer]:
-    with serve_in_thread(folder, users=USERS, generation="viqi") as srv:
+def viqi_thread_server(module_folder: Path) -> Iterator[TableServer]:
+    with serve_in_thread(module_folder, users=USERS, generation="viqi") as srv:
         yield srv
 
 
