@@ -309,13 +309,23 @@ class BlockReader:
     async def read(self, index: Any) -> np.ndarray[Any, Any]:
         """Download ``self[index]`` on the current event loop (the process's private one)."""
         session = await _session((self.root, self.auth, self.config))
-        remote = RemoteArray(session.table, self.info)
         if not _is_fancy(index):
-            return await remote.read(index)
+            return await self._fetch(session, index)
         box, local = _fancy_box(index, self.shape)
-        block = await remote.read(box)
+        block = await self._fetch(session, box)
         picked: np.ndarray[Any, Any] = block[local]
         return picked
+
+    async def _fetch(self, session: BisqueSession, index: Any) -> np.ndarray[Any, Any]:
+        """A basic-indexing hyperslab: an array's through ``read``, a table's rows through
+        ``load_table`` (text columns as ``object`` cells, the dask array's type)."""
+        if self.info.kind != "table":
+            return await RemoteArray(session.table, self.info).read(index)
+        items = list(expand_index(index, 1))
+        if len(items) != 1 or not isinstance(items[0], int | slice):
+            raise SelectionError(f"a table's rows take one int or slice, got {index!r}")
+        records = await session.table.load_table(self.info.uniq, self.info.path, items[0])
+        return np.asarray(records).astype(self.dtype)
 
 
 # --- building the dask array -------------------------------------------------------------
@@ -359,6 +369,11 @@ async def _info(key: SessionKey, uniq: str, path: str | Sequence[str]) -> ArrayI
     return await table.info(uniq, path)
 
 
+def _check_kind(info: ArrayInfo) -> None:
+    if info.kind not in ("matrix", "table"):
+        raise not_an_array(info)
+
+
 def from_bisque(
     root: str,
     uniq: str,
@@ -370,6 +385,10 @@ def from_bisque(
     **options: Any,
 ) -> Any:
     """A :class:`dask.array.Array` of a BisQue array, read block by block where it is needed.
+
+    A table (see :meth:`~aiobisque.TableService.load_table`) becomes a 1-D array of records
+    whose blocks are row ranges, each read with ``load_table`` (exact column types; text
+    columns are ``object`` cells holding ``str``, since their width is unknown).
 
     Args:
         root: the BisQue server, e.g. ``"https://bisque.example.org"``.
@@ -399,6 +418,7 @@ def from_bisque(
     BisqueSession(root, auth=_session_auth(graph_auth), config=config)
     key: SessionKey = (root.rstrip("/"), graph_auth, config)
     info = run_sync(_info(key, uniq, path))
+    _check_kind(info)
     reader = BlockReader(key[0], graph_auth, config, info)
     block_chunks = _block_chunks(chunks, reader.shape, reader.dtype)
     if name is None or name is True:

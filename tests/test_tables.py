@@ -275,3 +275,21 @@ async def test_an_unmappable_column_type_is_refused_alone(bq: BisqueSession,
         await bq.table.load_table("feat", "flags")
     got = await bq.table.load_table("feat", "flags", columns=["n"])
     assert list(got["n"]) == [1, 2]
+
+
+def test_dask_array_of_a_table(thread_server: TableServer, folder: Path) -> None:
+    import dask
+
+    from aiobisque.dask import from_bisque
+
+    want = truth(folder)
+    x = from_bisque(thread_server.root, "feat", PATH, auth=USER, chunks="300 B")
+    assert x.shape == (NROWS,) and x.numblocks[0] > 3 and x.dtype["phase"] == np.dtype(object)
+    with dask.config.set(scheduler="threads"):
+        got = x.compute()
+        part = x[-9::2].compute()
+        counts = x["count"].compute()
+    same(got.astype([(n, "U12" if n == "phase" else got.dtype[n]) for n in got.dtype.names]),
+         want)
+    assert list(part["id"]) == list(want["id"][-9::2])
+    assert counts.dtype == np.int64 and counts[0] == BIG
