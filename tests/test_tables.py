@@ -293,3 +293,35 @@ def test_dask_array_of_a_table(thread_server: TableServer, folder: Path) -> None
          want)
     assert list(part["id"]) == list(want["id"][-9::2])
     assert counts.dtype == np.int64 and counts[0] == BIG
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".npy", ".csv"])
+def test_cli_writes_the_table_exactly(thread_server: TableServer, folder: Path,
+                                      tmp_path: Path, suffix: str,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import csv
+
+    from aiobisque.cli import main
+
+    monkeypatch.setenv("BISQUE_PASSWORD", USER[1])
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    out = tmp_path / f"features{suffix}"
+    assert main(["download", thread_server.root, "feat", PATH, "-o", str(out), "--user",
+                 USER[0], "--no-progress", "--block-mb", "0.001"]) == 0
+    want = truth(folder)
+    if suffix == ".npy":
+        same(np.load(out), want)
+    elif suffix == ".h5":
+        with tables.open_file(str(out)) as f:  # a PyTables table, as BisQue reads it
+            got = f.get_node("/FeatureData").read()
+        assert got.dtype["active"] == np.bool_
+        for name in want.dtype.names or ():
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    else:
+        with open(out, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        assert rows[0] == list(want.dtype.names or ())
+        for line, record in zip(rows[1:], want, strict=True):
+            assert line == [str(record["id"]), repr(float(record["volume"])),
+                            str(bool(record["active"])), record["phase"].decode(),
+                            str(record["count"]), str(record["small"])]
