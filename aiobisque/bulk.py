@@ -60,7 +60,7 @@ from aiobisque.outputs import (
     output_format,
 )
 from aiobisque.plan import Plan, make_plan
-from aiobisque.progress import DownloadStats, Meter
+from aiobisque.progress import DownloadStats, Meter, counted
 from aiobisque.protocol import ArrayInfo, not_an_array, parse_uniq, split_path
 from aiobisque.resume import Course, Courses, sibling
 from aiobisque.retry import is_permanent
@@ -155,6 +155,8 @@ class FileResult:
     dtype: np.dtype[Any]
     blocks: int
     resumed_blocks: int = 0
+    #: bytes an earlier run had saved (resumed blocks): not fetched, not in the rate
+    resumed_bytes: int = 0
     skipped: bool = False  # the output already held this download
     stats: DownloadStats = field(default_factory=DownloadStats)
 
@@ -166,12 +168,15 @@ class FileResult:
         what = f"{self.target.output}: {self.shape} {self.dtype}, {_size(self.nbytes)}"
         if self.skipped:
             return f"{what}, already downloaded"
-        resumed = f", resumed with {self.resumed_blocks}/{self.blocks} blocks" \
-            if self.resumed_blocks else ""
         s = self.stats
-        rate = _size(int(s.out_bytes / s.seconds)) + "/s" if s.seconds > 0 else "-"
-        return (f"{what} in {s.seconds:.1f} s ({rate}), {s.requests} requests, "
-                f"{s.retries} retries{resumed}")
+        fetched = max(0, self.nbytes - self.resumed_bytes)
+        rate = _size(int(fetched / s.seconds)) + "/s" if s.seconds > 0 else "-"
+        resumed = (f"; resumed: {_size(self.resumed_bytes)} were already saved "
+                   f"({self.resumed_blocks}/{self.blocks} blocks)") if self.resumed_blocks \
+            else ""
+        return (f"{what}: fetched {_size(fetched)} in {s.seconds:.1f} s ({rate}), "
+                f"{counted(s.requests, 'request')}, {counted(s.retries, 'retry', 'retries')}"
+                f"{resumed}")
 
 
 def _size(n: int) -> str:
@@ -276,6 +281,8 @@ class BulkDownloader:
             for s in prepared:  # the thread finished, but its result never reached us
                 s.close()
             raise
+        except PermissionError as exc:
+            raise _not_writable(out, exc) from None
         try:
             shape, dtype = state.sel.shape, arr.dtype
             if state.skipped:
@@ -285,8 +292,10 @@ class BulkDownloader:
                 return FileResult(target, shape, dtype, len(state.grid), skipped=True)
             journal, output = state.journal, state.output
             assert journal is not None and output is not None
+            resumed_bytes = sum(math.prod(state.grid.block_shape(b)) for b in journal.done) \
+                * dtype.itemsize
             result = FileResult(target, shape, dtype, len(state.grid),
-                                resumed_blocks=len(journal.done))
+                                resumed_blocks=len(journal.done), resumed_bytes=resumed_bytes)
             try:
                 await self._fill(arr, state, result.stats)
                 if len(journal.done) != len(state.grid):  # pragma: no cover - defensive
@@ -419,6 +428,14 @@ class BulkDownloader:
                     return exc
 
         return list(await asyncio.gather(*(one(t) for t in targets)))
+
+
+def _not_writable(out: Path, exc: OSError) -> UsageError:
+    """The error for an output folder the user may not write (named as the user named it)."""
+    return UsageError(
+        f"cannot write {out}: {exc.strerror or 'permission denied'} in {out.parent} (for "
+        f"{Path(exc.filename).name if exc.filename else 'its working files'}); choose "
+        "another output (-o) or make the folder writable")
 
 
 def _check_distinct(targets: Sequence[Target]) -> None:

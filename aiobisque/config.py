@@ -94,11 +94,12 @@ class Config:
                 "(BisqueSession(..., option=value))"
             )
         cfg = self.replace(**changes)
-        if cfg.concurrency > self.concurrency:
-            raise UsageError(
-                f"concurrency={cfg.concurrency} for one call exceeds the session's "
-                f"{self.concurrency}, which every call shares; raise it on the session"
-            )
+        for name in ("concurrency", "inflight_bytes"):  # limits every call shares
+            if getattr(cfg, name) > getattr(self, name):
+                raise UsageError(
+                    f"{name}={getattr(cfg, name)} for one call exceeds the session's "
+                    f"{getattr(self, name)}, which every call shares; raise it on the session"
+                )
         return cfg
 
     def replace(self, **changes: Any) -> Config:

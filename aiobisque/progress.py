@@ -12,7 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DownloadStats", "Meter", "Progress", "ProgressCallback"]
+__all__ = ["DownloadStats", "Meter", "Progress", "ProgressCallback", "counted"]
+
+
+def counted(n: int, one: str, many: str | None = None) -> str:
+    """``"1 request"``, ``"3 requests"``: a count with its noun in the right number."""
+    return f"{n} {one if n == 1 else (many or one + 's')}"
 
 
 @dataclass(frozen=True)
@@ -68,8 +73,8 @@ class DownloadStats:
     def __str__(self) -> str:
         return (
             f"{self.out_bytes / 1e6:.1f} MB in {self.seconds:.2f} s "
-            f"({self.throughput / 1e6:.1f} MB/s), {self.requests} requests, "
-            f"{self.retries} retries"
+            f"({self.throughput / 1e6:.1f} MB/s), {counted(self.requests, 'request')}, "
+            f"{counted(self.retries, 'retry', 'retries')}"
         )
 
 

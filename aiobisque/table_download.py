@@ -291,6 +291,7 @@ async def download_table(downloader: BulkDownloader, target: Target, info: Array
     stats.complete = True
     downloader.meter.file_done()
     result = FileResult(target, shape, result_dtype, n_blocks, resumed_blocks=resumed,
+                        resumed_bytes=sum(done) * result_dtype.itemsize // max(1, row_bytes),
                         stats=stats)
     log.info("saved %s", result)
     return result

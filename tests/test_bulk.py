@@ -41,7 +41,7 @@ from aiobisque.bulk import (
 from aiobisque.journal import Journal, JournalError, LockedError
 from aiobisque.outputs import output_format
 from aiobisque.plan import make_plan
-from aiobisque.progress import Meter, Progress
+from aiobisque.progress import DownloadStats, Meter, Progress
 from aiobisque.selection import normalize_selection
 from aiobisque.server import FaultPlan, TableServer, run_server, samples
 from aiobisque.slices import format_slices, parse_slices
@@ -740,3 +740,30 @@ async def test_table_download_progress_and_row_only_selections(session: BisqueSe
         with pytest.raises(SelectionError, match="select rows only"):
             await BulkDownloader(session.table).download(
                 Target("tab", "rows", tmp_path / "u.npy", bad))
+
+
+def test_summaries_count_right_and_rate_only_what_was_fetched() -> None:
+    from aiobisque.bulk import FileResult
+
+    stats = DownloadStats(requests=1, retries=1, seconds=2.0)
+    result = FileResult(Target("vol", "volume", Path("v.npy")), (1024, 1024), np.dtype("f4"),
+                        blocks=4, resumed_blocks=3, resumed_bytes=3 << 20, stats=stats)
+    text = str(result)
+    assert "fetched 1.0 MiB in 2.0 s (512.0 KiB/s), 1 request, 1 retry" in text
+    assert "resumed: 3.0 MiB were already saved (3/4 blocks)" in text
+    assert "2 requests, 0 retries" in str(DownloadStats(requests=2))
+
+
+async def test_an_unwritable_output_folder_is_named(session: BisqueSession, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import aiobisque.resume
+
+    def refuse(path: Path, **_: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    # the suite runs as root, which no folder mode stops: refuse where the journal is made
+    monkeypatch.setattr(aiobisque.resume.Journal, "open", staticmethod(refuse))
+    out = tmp_path / "x.npy"
+    with pytest.raises(UsageError, match=r"cannot write .*x\.npy: Permission denied in .* "
+                                         r"\(for x\.npy\.part\.journal\); choose another"):
+        await BulkDownloader(session.table).download(Target("vol", "volume", out))

@@ -577,3 +577,18 @@ def test_only_the_command_being_run_is_loaded(argv: list[str], loaded: str | Non
         assert loaded in modules
     for name in not_loaded:
         assert name not in modules, f"{argv} imported {name}"
+
+
+def test_demo_table_explains_itself(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    status = main(["demo", "--size-mb", "1", "--cache-dir", str(tmp_path), "--latency", "0.01",
+                   "--bandwidth-mb", "8", "--total-bandwidth-mb", "64"])
+    out = capsys.readouterr().out
+    assert status == EXIT_OK, out
+    lines = out.splitlines()
+    seed = next(line for line in lines if line.startswith("seed Phases"))
+    assert " B " in seed or "KiB" in seed  # 500 bytes are not '0.0 MB'
+    volume = next(line for line in lines if line.startswith("volume, aiobisque"))
+    assert "1.0 MiB" in volume and "MiB/s" in volume
+    assert "emulated link: 10 ms per request, one connection at most 7.6 MiB/s, " \
+           "all together at most 61.0 MiB/s" in out
+    assert "capped by the per-connection rate" in out and "all results bit-exact" in out

@@ -121,7 +121,12 @@ def test_kill_9_then_resume(thread_server: TableServer, folder: Path, tmp_path: 
     thread_server.stats.reset()
     assert main([str(a) for a in argv]) == EXIT_OK
     resumed_requests = thread_server.stats.requests["data"]
-    assert f"resumed with {saved}/16 blocks" in capsys.readouterr().out
+    summary = capsys.readouterr().out
+    # the summary tells fetched from already-saved bytes (and the rate counts only the first)
+    kept = saved * 256 * 1024  # a block: 16 planes of 64x64 float32
+    fetched = 4 * 1024 * 1024 - kept
+    assert f"fetched {fetched / 1024 / 1024:.1f} MiB in " in summary
+    assert f"resumed: {kept / 1024:.1f} KiB were already saved ({saved}/16 blocks)" in summary
     assert 0 < resumed_requests <= 64 - 4 * saved  # 4 requests per saved block were not redone
     want = samples.expected(samples.resource_file(folder, "vol"), "volume")
     if suffix == ".npy":

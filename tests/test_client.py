@@ -351,8 +351,11 @@ async def test_per_call_options_lower_session_limits_or_are_refused(
     arr = await bq.table.open("vol", "volume")
     with pytest.raises(UsageError, match="whole session"):
         await arr.read(adaptive=False)
-    with pytest.raises(UsageError, match="exceeds the session"):
+    with pytest.raises(UsageError, match="concurrency=17 for one call exceeds the session"):
         await arr.read(concurrency=bq.config.concurrency + 1)
+    # the same rule for the byte budget (it used to be accepted and ignored)
+    with pytest.raises(UsageError, match=r"inflight_bytes=.* exceeds the session's"):
+        await arr.read(inflight_bytes=bq.config.inflight_bytes + 1)
     server.faults = FaultPlan(latency=0.02)
     server.stats.reset()
     # one request's bytes at a time for this call: one request in flight

@@ -20,6 +20,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from aiobisque.cli.display import size_text
 from aiobisque.config import MiB
 from aiobisque.progress import DownloadStats
 from aiobisque.session import BisqueSession
@@ -106,9 +107,8 @@ async def _run(args: argparse.Namespace, folder: Path) -> list[_Row]:
     )
     rows: list[_Row] = []
     async with run_server(folder, users=dict([_USER]), faults=faults) as srv:
-        print(f"embedded BisQue server at {srv.root}: {args.latency * 1000:.0f} ms per request, "
-              f"{args.bandwidth_mb:g} MB/s per connection, {args.total_bandwidth_mb:g} MB/s "
-              "shared", flush=True)
+        print(f"embedded BisQue server at {srv.root} (the link's limits are under the "
+              "table)", flush=True)
         async with BisqueSession(srv.root, auth=_USER) as bq:
             table = bq.service("table")
             seed_file = samples.resource_file(folder, samples.SEED_UNIQ, ".dream3d")
@@ -135,17 +135,31 @@ async def _run(args: argparse.Namespace, folder: Path) -> list[_Row]:
     return rows
 
 
-def _print_table(rows: list[_Row]) -> None:
+def _print_table(rows: list[_Row], args: argparse.Namespace) -> None:
+    """The results, in one set of units (binary: KiB, MiB), with the link's limits beside
+    them, so that what caps each row can be read off the table."""
     single = next((r for r in rows if "one request" in r.name), None)
     ours = next((r for r in rows if r.name == "volume, aiobisque"), None)
-    header = f"{'download':36} {'MB':>8} {'seconds':>8} {'MB/s':>8} {'requests':>8} " \
+    header = f"{'download':36} {'size':>10} {'seconds':>8} {'rate':>12} {'requests':>8} " \
              f"{'retries':>7} {'exact':>5}"
     print(header)
     print("-" * len(header))
     for r in rows:
         s = r.stats
-        print(f"{r.name:36} {s.out_bytes / 1e6:8.1f} {s.seconds:8.2f} {s.throughput / 1e6:8.1f} "
-              f"{s.requests:8d} {s.retries:7d} {'yes' if r.exact else 'NO':>5}")
+        print(f"{r.name:36} {size_text(s.out_bytes):>10} {s.seconds:8.2f} "
+              f"{size_text(s.throughput) + '/s':>12} {s.requests:8d} {s.retries:7d} "
+              f"{'yes' if r.exact else 'NO':>5}")
+    per, shared = args.bandwidth_mb * 1e6, args.total_bandwidth_mb * 1e6
+    limits = []
+    if per > 0:
+        limits.append(f"one connection at most {size_text(per)}/s")
+    if shared > 0:
+        limits.append(f"all together at most {size_text(shared)}/s")
+    if limits:
+        print(f"emulated link: {args.latency * 1000:.0f} ms per request, "
+              f"{', '.join(limits)}")
+        print("  a single request (bqapi's way) is capped by the per-connection rate; "
+              "aiobisque's concurrent requests share the whole link")
     if single and ours and ours.stats.seconds > 0:
         print(f"speedup of aiobisque over one request: "
               f"{single.stats.seconds / ours.stats.seconds:.1f}x")
@@ -160,7 +174,7 @@ def main(args: argparse.Namespace) -> int:
     prepare(folder, args.size_mb)
     started = time.perf_counter()
     rows = asyncio.run(_run(args, folder))
-    _print_table(rows)
+    _print_table(rows, args)
     ok = all(r.exact for r in rows)
     print(f"{'all results bit-exact' if ok else 'MISMATCH: some results differ'} "
           f"({time.perf_counter() - started:.1f} s)")
