@@ -25,8 +25,10 @@ from aiobisque.server.pytest_plugin import basic_auth
 SEED = f"{samples.SEED_UNIQ}/{samples.SEED_PATH}"
 
 
-@pytest.fixture
-def folder(tmp_path: Path) -> Path:
+FRESH_FOLDER = True  # tests add and break files: a fresh folder for each
+
+
+def SAMPLES(tmp_path: Path) -> Path:
     samples.write_seed(tmp_path)
     samples.write_array(tmp_path, "vol", "data/volume", (6, 4, 3), dtype="<f4")
     samples.write_array(tmp_path, "pub", "x", np.arange(10, dtype=np.int16))
@@ -36,17 +38,13 @@ def folder(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest_asyncio.fixture
-async def server(folder: Path) -> AsyncIterator[TableServer]:
-    async with run_server(
-        folder,
-        users={"alice": "wonderland", "bob": "builder"},
-        mex_tokens={"TOKEN123": "alice"},
-        public=("pub",),
-        access={"secret": {"bob"}},
-        service_prefix="/proxy/x",
-    ) as srv:
-        yield srv
+SERVER_OPTIONS = {
+    "users": {"alice": "wonderland", "bob": "builder"},
+    "mex_tokens": {"TOKEN123": "alice"},
+    "public": ("pub",),
+    "access": {"secret": {"bob"}},
+    "service_prefix": "/proxy/x",
+}
 
 
 @pytest_asyncio.fixture

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from aiobisque.server import TableServer, run_server, samples
+from aiobisque.server import TableServer, samples
 from aiobisque.server.pytest_plugin import basic_auth
 
 ALICE = basic_auth("alice", "wonderland")
@@ -32,8 +32,10 @@ BE = np.arange(6, dtype=">f8").reshape(2, 3) / 4
 NUM = np.array([(1, 0.5), (2, 1.5), (3, 2.5)], dtype=[("id", "<i4"), ("x", "<f8")])
 
 
-@pytest.fixture
-def folder(tmp_path: Path) -> Path:
+FRESH_FOLDER = True  # tests add and break files: a fresh folder for each
+
+
+def SAMPLES(tmp_path: Path) -> Path:
     samples.write_array(tmp_path, "vol", "data/volume", (6, 4, 3), dtype="<f4")
     samples.write_array(tmp_path, "m", "m2", M2)
     samples.write_array(tmp_path, "m", "m7", M7)
@@ -52,10 +54,7 @@ def folder(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest_asyncio.fixture
-async def server(folder: Path) -> AsyncIterator[TableServer]:
-    async with run_server(folder, public=["m"]) as srv:
-        yield srv
+SERVER_OPTIONS = {"users": None, "mex_tokens": None, "access": None, "public": ["m"]}
 
 
 @pytest_asyncio.fixture

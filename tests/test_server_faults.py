@@ -21,16 +21,15 @@ ALICE = basic_auth("alice", "wonderland")
 SHAPE = (256, 1024)  # float32: 1 MiB
 
 
-@pytest.fixture
-def folder(tmp_path: Path) -> Path:
+FRESH_FOLDER = True  # tests add and break files: a fresh folder for each
+
+
+def SAMPLES(tmp_path: Path) -> Path:
     samples.write_array(tmp_path, "vol", "v", SHAPE)
     return tmp_path
 
 
-@pytest_asyncio.fixture
-async def server(folder: Path) -> AsyncIterator[TableServer]:
-    async with run_server(folder) as srv:
-        yield srv
+SERVER_OPTIONS = {"users": None, "mex_tokens": None, "access": None, "public": ()}  # run_server's own defaults
 
 
 @pytest_asyncio.fixture

@@ -30,8 +30,10 @@ SHAPE = (256, 1024)  # float32: 1 MiB
 FULL = "vol/v/;,;/format:hdf"
 
 
-@pytest.fixture
-def folder(tmp_path: Path) -> Path:
+FRESH_FOLDER = True  # tests add and break files: a fresh folder for each
+
+
+def SAMPLES(tmp_path: Path) -> Path:
     samples.write_array(tmp_path, "vol", "v", SHAPE)
     samples.write_array(tmp_path, "vol", "a", np.arange(4, dtype=np.int8))
     return tmp_path

@@ -6,17 +6,15 @@ import asyncio
 import html
 import io
 import urllib.parse
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 import pytest
-import pytest_asyncio
 import tables
 
-from aiobisque.server import TableServer, run_server, samples
+from aiobisque.server import TableServer, samples
 from aiobisque.server.pytest_plugin import basic_auth
 from aiobisque.server.query import ParseError, parse_filter
 
@@ -84,8 +82,10 @@ def test_grammar_errors_come_in_reading_order() -> None:
         parse_filter("[0;1", [])
 
 
-@pytest.fixture
-def folder(tmp_path: Path) -> Path:
+FRESH_FOLDER = True  # tests add and break files: a fresh folder for each
+
+
+def SAMPLES(tmp_path: Path) -> Path:
     served = tmp_path / "served"
     served.mkdir()
     samples.write_array(served, "vol", "grid", SHAPE, dtype="<i4", seed=3)
@@ -100,10 +100,7 @@ def folder(tmp_path: Path) -> Path:
     return served
 
 
-@pytest_asyncio.fixture
-async def server(folder: Path) -> AsyncIterator[TableServer]:
-    async with run_server(folder) as srv:
-        yield srv
+SERVER_OPTIONS = {"users": None, "mex_tokens": None, "access": None, "public": ()}  # run_server's own defaults
 
 
 async def raw_get(server: TableServer, target: str) -> tuple[int, bytes]:

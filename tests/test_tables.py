@@ -26,7 +26,7 @@ from aiobisque.columns import _column_cells
 from aiobisque.errors import ProtocolError
 from aiobisque.progress import DownloadStats, Progress
 from aiobisque.server import TableServer, samples
-from tests.conftest import FAST_RETRY, USER
+from tests.conftest import USER
 
 NROWS = 37
 BIG = 2**62 + 1  # not representable as float64: a lossy common type would change it
@@ -101,12 +101,6 @@ def same(got: np.ndarray[Any, Any], want: np.ndarray[Any, Any]) -> None:
         else:
             assert got[name].dtype == w.dtype, name  # exact types: no common type
         np.testing.assert_array_equal(got[name], w, err_msg=name)
-
-
-@pytest.fixture
-async def bq(server: TableServer) -> Any:
-    async with BisqueSession(server.root, auth=USER, retry=FAST_RETRY) as session:
-        yield session
 
 
 async def test_info_describes_a_table_with_pytables_types(bq: BisqueSession) -> None:
