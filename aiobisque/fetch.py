@@ -43,6 +43,7 @@ from aiobisque.errors import (
     ServerError,
     TransportError,
     UsageError,
+    clean_text,
 )
 from aiobisque.protocol import redact_url
 from aiobisque.retry import is_congestion
@@ -212,8 +213,15 @@ def _translate(exc: BaseException, url: str, what: str) -> BisqueError:
         return UsageError(f"{what}: invalid URL {safe}")
     if isinstance(exc, aiohttp.TooManyRedirects):
         return ProtocolError(f"{what}: too many redirects", url=safe)
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # aiohttp's parser refused the response head (its str() names the URL unredacted,
+        # its request_info the request's headers): only the parser's first line is kept
+        detail = clean_text(str(exc.message).splitlines()[0] if exc.message else "")[:200]
+        return ProtocolError(f"{what}: malformed HTTP response from the server ({detail})",
+                             url=safe)
     if isinstance(exc, (aiohttp.ClientError, OSError)):
-        return TransportError(f"{what}: connection lost ({type(exc).__name__}: {exc})",
+        detail = clean_text(str(exc).splitlines()[0] if str(exc) else "")[:200]
+        return TransportError(f"{what}: connection lost ({type(exc).__name__}: {detail})",
                               url=safe)
     return TransportError(f"{what}: {type(exc).__name__}", url=safe)
 
@@ -294,6 +302,7 @@ class Transport:
         cfg = config or self.config
         await self.limiter.acquire()
         outcome = "error"
+        failure: BisqueError
         try:
             resp = await self._get_following_redirects(url, what, cfg)
             outcome = "congested" if resp.status in (429, 503) else "error"
@@ -315,12 +324,14 @@ class Transport:
         except asyncio.CancelledError:
             raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            err = _translate(exc, url, what)
-            if is_congestion(err):
+            failure = _translate(exc, url, what)
+            if is_congestion(failure):
                 outcome = "congested"
-            raise err from exc
         finally:
             self.limiter.release(outcome)
+        # raised outside the handler, so neither __cause__ nor __context__ keeps the aiohttp
+        # exception: its request_info holds the request's headers, Authorization included
+        raise failure
 
     async def _get_following_redirects(
         self, url: str, what: str, cfg: Config
