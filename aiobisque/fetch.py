@@ -373,7 +373,7 @@ async def _short_text(resp: aiohttp.ClientResponse) -> str:
     text = raw.decode("utf-8", "replace").strip()
     if text.lstrip().startswith("<"):
         return ""  # an HTML page says nothing useful in a one-line message
-    return text.splitlines()[0][:200] if text else ""
+    return clean_text(text.splitlines()[0][:200]) if text else ""  # never a terminal escape
 
 
 async def _read_body(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,3 +143,35 @@ async def raw_server(data: Callable[[str], bytes], info: dict[str, Any] | None =
     finally:
         server.close()
         await server.wait_closed()
+
+
+@contextlib.contextmanager
+def hostile_in_thread() -> Iterator[Hostile]:
+    """:func:`hostile` on its own thread and loop, for the command line (which runs its own
+    loop). Handlers set on the yielded :class:`Hostile` run on that thread."""
+    import asyncio
+    import threading
+
+    ready = threading.Event()
+    stop: list[asyncio.Event] = []
+    box: list[Hostile] = []
+    loop = asyncio.new_event_loop()
+
+    async def main() -> None:
+        async with hostile() as h:
+            box.append(h)
+            stop.append(asyncio.Event())
+            ready.set()
+            await stop[0].wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    try:
+        if not ready.wait(10):
+            raise RuntimeError("the hostile server did not start")
+        yield box[0]
+    finally:
+        if stop:
+            loop.call_soon_threadsafe(stop[0].set)
+        thread.join(10)
+        loop.close()
