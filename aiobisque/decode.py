@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import io
 import math
@@ -27,7 +28,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from aiobisque.errors import BodyIncompleteError, ProtocolError
+from aiobisque.errors import BisqueError, BodyIncompleteError, ProtocolError, clean_text
 
 __all__ = [
     "HDF5_SIGNATURE",
@@ -70,6 +71,24 @@ class _MemoryFile(io.RawIOBase):
         target[:n] = piece
         self._pos += n
         return n
+
+
+@contextlib.contextmanager
+def _server_data(where: str) -> Any:
+    """Whatever HDF5 raises about an image the server sent becomes a :class:`ProtocolError`.
+
+    h5py reports damaged metadata as ``KeyError``, ``RuntimeError``, ``ValueError``,
+    ``OSError``, ``TypeError``... never as one of ours; a caller must only ever see the
+    error tree, naming the request (``where``).
+    """
+    try:
+        yield
+    except BisqueError:
+        raise
+    except Exception as exc:
+        detail = clean_text(str(exc).splitlines()[0] if str(exc) else "")[:200]
+        raise ProtocolError(
+            f"{where}: malformed HDF5 image ({type(exc).__name__}: {detail})") from None
 
 
 def _same_type(got: np.dtype[Any], want: np.dtype[Any]) -> bool:
@@ -174,6 +193,20 @@ def decode_into(
     ``dest`` must have the shape of ``chunk[chunk_sel]``. Raises :class:`ProtocolError` for a
     body the protocol does not allow and :class:`BodyIncompleteError` for one cut short.
     """
+    with _server_data(where):
+        _decode_into(body, shape=shape, dtype=dtype, dest=dest, chunk_sel=chunk_sel,
+                     where=where)
+
+
+def _decode_into(
+    body: bytes | bytearray | memoryview,
+    *,
+    shape: tuple[int, ...],
+    dtype: np.dtype[Any],
+    dest: np.ndarray[Any, Any],
+    chunk_sel: tuple[slice, ...],
+    where: str,
+) -> None:
     view = memoryview(body).cast("B")
     _signature(view, where)
     with _open(_MemoryFile(view), where) as f:
@@ -387,6 +420,10 @@ class StreamDecoder:
 
     def finish(self) -> None:
         """Check the whole body and complete the output (may run in a worker thread)."""
+        with _server_data(self.where):
+            self._finish()
+
+    def _finish(self) -> None:
         if self._md5 is not None:
             _compare_md5(self._md5.digest(), self._md5_header, self.where)
         if self.mode == "probe" and self.length is not None:

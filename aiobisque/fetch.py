@@ -353,15 +353,34 @@ class Transport:
                 timeout=timeout,
             )
             if resp.status in _REDIRECTS and "Location" in resp.headers:
-                target = urljoin(current, resp.headers["Location"])
+                location = resp.headers["Location"]
                 resp.release()
-                if urlsplit(target).scheme not in ("http", "https"):
-                    raise ProtocolError(f"{what}: redirect to a non-HTTP URL", url=redact_url(url))
-                current = target
+                current = _redirect_target(current, location, what, url)
                 continue
             return resp
         raise ProtocolError(f"{what}: more than {cfg.max_redirects} redirects",
                             url=redact_url(url))
+
+
+def _redirect_target(current: str, location: str, what: str, url: str) -> str:
+    """Where a redirect's ``Location`` points; :class:`ProtocolError` for anything but a
+    well-formed http(s) URL (a backslash, a bad port or host would otherwise surface as a
+    raw ``ValueError`` from the URL parsers)."""
+    shown = clean_text(location[:100])
+    try:
+        if any(c in location for c in "\\ ") or clean_text(location) != location:
+            raise ValueError("backslash, space or control character")
+        target = urljoin(current, location)
+        parts = urlsplit(target)
+        _ = parts.port  # raises ValueError for a port that is not a number in range
+        URL(target, encoded=True)
+    except ValueError as exc:
+        raise ProtocolError(f"{what}: redirect to a malformed URL {shown!r} ({exc})",
+                            url=redact_url(url)) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ProtocolError(f"{what}: redirect to a non-HTTP URL {shown!r}",
+                            url=redact_url(url))
+    return target
 
 
 async def _short_text(resp: aiohttp.ClientResponse) -> str:

@@ -231,6 +231,10 @@ class ArrayInfo:
 
 # numpy names flexible types by their size in bits: bytes64 is S8, str256 is U8, void32 V4
 _FLEXIBLE_RE = re.compile(r"(bytes|str|void)(\d+)")
+#: Largest element accepted (a record of many columns, a long string; never gigabytes).
+_MAX_ITEMSIZE = 1 << 24
+#: Largest element count of any array, even an empty one: numpy's own limit is 2**63 bytes.
+_MAX_ELEMENTS = 1 << 56
 
 
 def _dtype(name: Any, where: str, url: str) -> np.dtype[Any]:
@@ -242,10 +246,13 @@ def _dtype(name: Any, where: str, url: str) -> np.dtype[Any]:
         text = f"{ {'bytes': 'S', 'str': 'U', 'void': 'V'}[kind]}{int(bits) // per_char}"
     try:
         dt = np.dtype(text)
-    except TypeError:
+    except Exception:  # TypeError, ValueError, SyntaxError ("(2,3"), MemoryError...
         raise ProtocolError(f"unknown element type {name!r} in {where}", url=url) from None
     if dt.hasobject:
         raise ProtocolError(f"object element type {name!r} in {where}", url=url)
+    if not 0 < dt.itemsize <= _MAX_ITEMSIZE:
+        raise ProtocolError(f"element type {name!r} in {where} has an impossible size of "
+                            f"{dt.itemsize:,} bytes", url=url)
     return dt.newbyteorder("=") if dt.byteorder not in ("|", "=") else dt
 
 
@@ -256,7 +263,7 @@ def parse_info(
     where = f"info of {uniq}/{path}"
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested absurdly deep
         head = body[:80] if isinstance(body, str) else body[:80].decode("utf-8", "replace")
         raise ProtocolError(
             f"{where} is not JSON; it starts with {head!r} (a login page or proxy error?)",
@@ -265,7 +272,8 @@ def parse_info(
     if not isinstance(doc, dict):
         raise ProtocolError(f"{where} is not a JSON object", url=url)
     children: list[tuple[str, str]] = []
-    for g in doc.get("group") or []:
+    groups = doc.get("group")
+    for g in groups if isinstance(groups, list) else []:
         if isinstance(g, dict) and isinstance(g.get("path"), str):
             children.append((g["path"], str(g.get("type", ""))))
     meta = doc.get("meta") or {}
@@ -301,7 +309,7 @@ def parse_info(
             dtype = np.dtype(
                 [(h, _dtype(t, where, url)) for h, t in zip(headers, types, strict=True)]
             )
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise ProtocolError(f"{where} has unusable table columns: {exc}", url=url) from None
         # PyTables tables are 1-D arrays of records; sizes is [rows, columns]
         shape: tuple[int, ...] = (sizes[0],) if sizes else (0,)
@@ -319,6 +327,9 @@ def parse_info(
             f"max_bytes={max_bytes:,}; raise max_bytes if this is really intended",
             url=url,
         )
+    if math.prod(max(1, s) for s in shape) > _MAX_ELEMENTS:
+        # an empty array can still not have dimensions that numpy cannot even index
+        raise ProtocolError(f"{where} has impossible sizes {sizes!r}", url=url)
     # the "group" list of an array's info names the array itself: children are for groups
     return ArrayInfo(
         uniq,

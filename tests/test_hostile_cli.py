@@ -68,3 +68,40 @@ def test_escape_sequences_in_error_bodies_are_neutralised(
             assert status == 1
             assert "Traceback" not in err and "no such thing" in err
             no_control(out + err)
+
+
+@pytest.mark.parametrize("doc", [
+    {"sizes": [2**62, 0], "types": ["float32"]},
+    {"sizes": [2, 3], "types": ["S0"]},
+    {"sizes": [2, 3], "types": ["(2,3"]},
+    {"sizes": [2, 3], "types": ["(1000000000,)f8"]},
+    "[" * 100_000,
+    {"sizes": [3], "types": ["f8"], "group": 5},
+])
+def test_malformed_info_is_one_line_not_a_traceback(capsys: pytest.CaptureFixture[str],
+                                                    tmp_path: Path, doc: object) -> None:
+    with hostile_in_thread() as h:
+        h.info = doc
+        for argv in (["info", h.root, "00-x", "array"],
+                     ["download", h.root, "00-x", "array", "-o", tmp_path / "a.npy",
+                      "--no-progress"]):
+            status, out, err = run(capsys, *argv)
+            if isinstance(doc, dict) and doc.get("group") == 5:
+                continue  # a useless group list is ignored: the array itself is fine
+            assert status == 1, (out, err)
+            assert "Traceback" not in err and "00-x/array" in err
+            assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("location", ["http://127.0.0.1:1\\evil", "http://[::1",
+                                      "http://h:99999/", "\\\\evil\\share"])
+def test_malformed_redirect_is_a_protocol_error(capsys: pytest.CaptureFixture[str],
+                                                tmp_path: Path, location: str) -> None:
+    async def redirect(request: web.Request) -> web.Response:
+        return web.Response(status=302, headers={"Location": location})
+
+    with hostile_in_thread() as h:
+        h.data = redirect
+        status, _, err = run(capsys, "download", h.root, "00-x", "array", "-o",
+                               tmp_path / "a.npy", "--no-progress")
+    assert status == 1 and "redirect to a malformed URL" in err and "Traceback" not in err
