@@ -165,11 +165,35 @@ def _inspect(
     if not _same_type(file_dtype, dtype):
         raise ProtocolError(f"{where}: the server sent type {file_dtype}, expected {dtype}")
     if layout != h5py.h5d.CONTIGUOUS:
+        _check_filters(dcpl, where)
         return ds, file_dtype, None
     offset = ds.id.get_offset()
     if offset is not None and ds.id.get_storage_size() != math.prod(shape) * file_dtype.itemsize:
         raise ProtocolError(f"{where}: dataset storage size does not match its shape")
     return ds, file_dtype, offset
+
+
+#: Filters a server's image may use: HDF5's built-in deflate, shuffle and fletcher32.
+SAFE_FILTERS = {h5py.h5z.FILTER_DEFLATE: "deflate", h5py.h5z.FILTER_SHUFFLE: "shuffle",
+                h5py.h5z.FILTER_FLETCHER32: "fletcher32"}
+
+
+def _check_filters(dcpl: Any, where: str) -> None:
+    """Refuse any filter but :data:`SAFE_FILTERS`, before a single chunk is read.
+
+    HDF5 looks for a filter it does not know in its plugin path (``HDF5_PLUGIN_PATH``)
+    and runs the code of the shared library it finds there; that lookup happens when the
+    first chunk is decoded, not when the image is opened, so this check comes in time.
+    """
+    for i in range(dcpl.get_nfilters()):
+        code, _, _, name = dcpl.get_filter(i)
+        if code not in SAFE_FILTERS:
+            shown = clean_text(name.decode("utf-8", "replace") if isinstance(name, bytes)
+                               else name)[:60]
+            raise ProtocolError(
+                f"{where}: the image uses HDF5 filter {code} ({shown!r}); only "
+                f"{', '.join(SAFE_FILTERS.values())} are accepted from a server (HDF5 "
+                "would load a plugin library for any other)")
 
 
 def _open(source: io.RawIOBase, where: str) -> h5py.File:
