@@ -9,7 +9,9 @@ an element type compatible with the array's. Then:
   are viewed in place with ``np.frombuffer`` and copied once into the output, converting the
   byte order on the way;
 * chunked, compressed or compact layout (other exporters): a normal h5py read of the
-  (already size-checked) dataset.
+  (already size-checked) dataset, once only the built-in deflate/shuffle/fletcher32
+  filters are found (any other would make HDF5 load a plugin library) and every chunk is
+  known to inflate to no more than its own, bounded, size (:func:`_check_chunks`).
 
 These functions are synchronous and run in a worker thread, off the event loop.
 """
@@ -23,6 +25,7 @@ import hashlib
 import io
 import math
 import threading
+import zlib
 from typing import Any
 
 import h5py
@@ -196,6 +199,69 @@ def _check_filters(dcpl: Any, where: str) -> None:
                 "would load a plugin library for any other)")
 
 
+#: A chunk may hold this much even when the planned data is smaller (edge chunks).
+_MIN_CHUNK_ALLOWANCE = 64 * 1024
+
+
+def _check_chunks(ds: h5py.Dataset, view: memoryview, nbytes: int, where: str) -> None:
+    """Bound what a chunked image may decompress to, before HDF5 decompresses anything.
+
+    HDF5's deflate filter grows its output buffer until the stream ends, so a chunk of a
+    few megabytes that inflates a thousandfold would take gigabytes. Here every chunk's
+    shape must be no larger than the planned data (plus a small allowance), the chunks
+    must lie inside the body and cover the dataset at most once, and each deflate stream
+    is inflated, piece by piece into a buffer of one chunk at most, to check that it ends
+    within its chunk's size. Only then does HDF5 read the data, which is then bounded by
+    the chunk sizes.
+    """
+    dsid = ds.id
+    dcpl = dsid.get_create_plist()
+    chunk_shape = dcpl.get_chunk()
+    itemsize = ds.dtype.itemsize
+    chunk_bytes = math.prod(chunk_shape) * itemsize
+    limit = max(nbytes, _MIN_CHUNK_ALLOWANCE)
+    if not chunk_shape or min(chunk_shape) < 1 or chunk_bytes > limit:
+        raise ProtocolError(
+            f"{where}: the image's chunks of shape {tuple(chunk_shape)} ({chunk_bytes:,} "
+            f"bytes) are larger than the {nbytes:,} bytes planned")
+    covering = math.prod(-(-n // c) for n, c in zip(ds.shape, chunk_shape, strict=True))
+    count = dsid.get_num_chunks()
+    if count > covering:
+        raise ProtocolError(f"{where}: the image has {count:,} chunks, at most {covering:,} "
+                            "fit its shape")
+    pipeline = [dcpl.get_filter(i)[0] for i in range(dcpl.get_nfilters())]
+    for index in range(count):
+        info = dsid.get_chunk_info(index)
+        start, size = info.byte_offset, info.size
+        if start is None or start < 0 or size < 0 or start + size > len(view):
+            raise BodyIncompleteError(f"{where}: chunk {index} lies beyond the body's end")
+        data: bytes | memoryview = view[start : start + size]
+        # undo the filters last to first, skipping those the chunk's mask says were skipped
+        for position in reversed(range(len(pipeline))):
+            if info.filter_mask & (1 << position):
+                continue
+            code = pipeline[position]
+            if code == h5py.h5z.FILTER_FLETCHER32:
+                data = data[:-4]  # its checksum; HDF5 verifies it
+            elif code == h5py.h5z.FILTER_DEFLATE:
+                data = _bounded_inflate(data, chunk_bytes, f"{where}: chunk {index}")
+    # shuffle keeps the size; every other filter was refused by _check_filters
+
+
+def _bounded_inflate(data: bytes | memoryview, limit: int, where: str) -> bytes:
+    """``data`` inflated (zlib), refusing a stream that inflates beyond ``limit`` bytes."""
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise ProtocolError(f"{where}: damaged deflate stream ({exc})") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise ProtocolError(
+            f"{where}: a compressed chunk inflates beyond its {limit:,} bytes "
+            "(a decompression bomb?)")
+    return out
+
+
 def _open(source: io.RawIOBase, where: str) -> h5py.File:
     try:
         return h5py.File(source, "r")
@@ -245,6 +311,8 @@ def _decode_into(
             chunk = np.frombuffer(view, dtype=file_dtype, count=math.prod(shape), offset=offset)
             chunk = chunk.reshape(shape)
         else:
+            if ds.id.get_create_plist().get_layout() == h5py.h5d.CHUNKED:
+                _check_chunks(ds, view, nbytes, where)
             try:
                 chunk = np.asarray(ds[()], dtype=file_dtype).reshape(shape)
             except (OSError, ValueError, RuntimeError) as exc:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import tracemalloc
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -242,3 +243,31 @@ async def test_filter_plugins_are_never_loaded(tmp_path: Path) -> None:
         h5py.h5pl.remove(0)
         del os.environ["AIOBISQUE_PLUGIN_MARKER"]
     assert not marker.exists(), "HDF5 loaded a filter plugin named by the server"
+
+
+def _bomb(ratio: int) -> bytes:
+    """A (4, 3) float32 image whose one gzip chunk inflates to ``48 * ratio`` bytes."""
+    def build(f: h5py.File) -> None:
+        ds = f.create_dataset("array", shape=(4, 3), dtype=np.float32, chunks=(4, 3),
+                              compression="gzip")
+        ds.id.write_direct_chunk((0, 0), zlib.compress(bytes(48 * ratio), 9))
+    return hdf_image(build=build)
+
+
+async def test_compressed_chunk_bomb_is_refused() -> None:
+    payload = _bomb(1_000_000)  # 48 MB from a 47 KB stream
+    assert len(payload) < 100_000
+    async with hostile() as h:
+        h.data = body(payload)
+        with pytest.raises(ProtocolError, match="inflates beyond"):
+            await load(h)
+
+
+async def test_chunks_larger_than_the_data_are_refused() -> None:
+    def build(f: h5py.File) -> None:
+        f.create_dataset("array", data=GOOD, maxshape=(None, None), chunks=(100_000, 1000),
+                         compression="gzip")
+    async with hostile() as h:
+        h.data = body(hdf_image(build=build))
+        with pytest.raises(ProtocolError, match="larger than the 48 bytes planned"):
+            await load(h)
