@@ -123,6 +123,7 @@ async def run_plan(
                     sink=decoder,
                     on_bytes=on_bytes,
                     config=config,
+                    expected_bytes=req.nbytes,
                 )
                 if not decoder.heavy:
                     decoder.finish()  # streamed, metadata known: nothing left worth a thread

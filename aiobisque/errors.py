@@ -52,8 +52,7 @@ __all__ = [
     "ServerError",
     "TransportError",
     "UsageError",
-    "clean_text",
-]
+]  # clean_text is a helper, importable but not an error of the tree
 
 # C0 and C1 control characters, DEL, and the Unicode bidi overrides/isolates (which can make
 # a terminal show text in another order than it is)

@@ -297,24 +297,33 @@ class Transport:
         sink: BodySink,
         on_bytes: Callable[[int], None] | None = None,
         config: Config | None = None,
+        expected_bytes: int = 0,
     ) -> Response:
-        """One attempt: GET ``url`` under a limiter slot, the whole body into ``sink``."""
+        """One attempt: GET ``url`` under a limiter slot, the whole body into ``sink``.
+
+        The attempt (from sending the request to the body's last byte, not counting the
+        wait for a slot) has :meth:`Config.attempt_deadline` seconds for the
+        ``expected_bytes`` it should bring.
+        """
         cfg = config or self.config
         await self.limiter.acquire()
         outcome = "error"
         failure: BisqueError
+        deadline = cfg.attempt_deadline(expected_bytes)
+        clock = asyncio.timeout(deadline)
         try:
-            resp = await self._get_following_redirects(url, what, cfg)
-            outcome = "congested" if resp.status in (429, 503) else "error"
-            try:
-                if resp.status != 200:
-                    detail = await _short_text(resp)
-                    raise status_error(resp.status, url, what, detail,
-                                       resp.headers.get("Retry-After"))
-                await _read_body(resp, max_body, sink, on_bytes, what, url)
-                result = Response(str(resp.url), resp.headers)
-            finally:
-                resp.release()
+            async with clock:
+                resp = await self._get_following_redirects(url, what, cfg)
+                outcome = "congested" if resp.status in (429, 503) else "error"
+                try:
+                    if resp.status != 200:
+                        detail = await _short_text(resp)
+                        raise status_error(resp.status, url, what, detail,
+                                           resp.headers.get("Retry-After"))
+                    await _read_body(resp, max_body, sink, on_bytes, what, url)
+                    result = Response(str(resp.url), resp.headers)
+                finally:
+                    resp.release()
             outcome = "ok"
             return result
         except BisqueError as exc:
@@ -323,7 +332,17 @@ class Transport:
             raise
         except asyncio.CancelledError:
             raise
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except TimeoutError as exc:  # the attempt's deadline, or a read or connect timeout
+            outcome = "congested"
+            if not clock.expired():
+                failure = _translate(exc, url, what)
+            else:
+                failure = DownloadTimeoutError(
+                    f"{what}: no complete response within the {deadline:.0f} s deadline of "
+                    f"one attempt ({cfg.min_rate / 1024:.0f} KiB/s at least, for "
+                    f"{expected_bytes:,} bytes; see attempt_timeout and min_rate)",
+                    url=redact_url(url))
+        except (aiohttp.ClientError, OSError) as exc:
             failure = _translate(exc, url, what)
             if is_congestion(failure):
                 outcome = "congested"
