@@ -309,3 +309,22 @@ async def test_attempt_deadline_grows_with_the_bytes_expected(
                          stats=stats)
     assert got.tobytes() == want.tobytes()
     assert stats.retries == 0 and stats.seconds > 1.0
+
+
+async def test_short_outage_at_start_is_ridden_out_with_default_settings(
+        server: TableServer, want: np.ndarray) -> None:
+    """Every request answered 503 for the first 2 s: with the default policy the backoff
+    outlasts it (the retry budget used to be spent within about a second)."""
+    server.faults = FaultPlan(error_rate=1.0, error_statuses=(503,))
+
+    async def end_outage() -> None:
+        await asyncio.sleep(2.0)
+        server.faults = FaultPlan()
+
+    ender = asyncio.create_task(end_outage())
+    stats = DownloadStats()
+    async with BisqueSession(server.root, auth=USER) as bq:  # Config() as it ships
+        got = await download(bq, stats=stats)
+    await ender
+    assert got.tobytes() == want.tobytes()
+    assert server.stats.statuses[503] > RetryPolicy().budget_min  # more than the old budget
