@@ -323,25 +323,33 @@ class BulkDownloader:
         assert journal is not None and output is not None
         config = self.table.session.config
         itemsize = arr.dtype.itemsize
-        plans: dict[int, tuple[Selection, Plan]] = {}
-        done_bytes = done_requests = 0
-        for block in range(len(grid)):
+
+        def plan_of(block: int) -> tuple[Selection, Plan]:
             sub = state.sel.narrow(grid.region(block))
-            plan = make_plan(sub, itemsize, config.request_bytes)
-            if block in journal.done:
-                done_bytes += plan.nbytes
-                done_requests += len(plan)
-            else:
-                plans[block] = (sub, plan)
-        self.meter.add(done_bytes + sum(p.nbytes for _, p in plans.values()),
-                       done_requests + sum(len(p) for _, p in plans.values()),
-                       done_bytes, done_requests)
+            return sub, make_plan(sub, itemsize, config.request_bytes)
+
+        # Planned lazily, one block as it is taken: a server declaring terabytes costs
+        # no memory or time before the first request. A plan's size depends only on the
+        # block's shape (the selection's strides are the same everywhere), and a grid has
+        # at most two block shapes, so the totals come from one plan of each.
+        sizes: dict[tuple[int, ...], tuple[int, int]] = {}
+        counts = grid.shape_counts()
+        for shape in counts:
+            block = next(b for b in (0, len(grid) - 1) if grid.block_shape(b) == shape)
+            plan = plan_of(block)[1]
+            sizes[shape] = (plan.nbytes, len(plan))
+        total_bytes = sum(sizes[k][0] * n for k, n in counts.items())
+        total_requests = sum(sizes[k][1] * n for k, n in counts.items())
+        done_bytes = sum(sizes[grid.block_shape(b)][0] for b in journal.done)
+        done_requests = sum(sizes[grid.block_shape(b)][1] for b in journal.done)
+        self.meter.add(total_bytes, total_requests, done_bytes, done_requests)
         stats.out_bytes = math.prod(grid.shape) * itemsize
-        pending = iter(sorted(plans))
+        todo = len(grid) - len(journal.done)
+        pending = (b for b in range(len(grid)) if b not in journal.done)
         commits = asyncio.Lock()  # HDF5 writes to one file are serialised anyway
 
         async def fetch(block: int) -> None:
-            sub, plan = plans[block]
+            sub, plan = plan_of(block)
             out_bytes = math.prod(grid.block_shape(block)) * itemsize
             key = (id(state), block)
             held = await self._buffers.acquire(out_bytes)
@@ -373,7 +381,7 @@ class BulkDownloader:
             for block in pending:  # shared iterator: each block is taken by one worker
                 await fetch(block)
 
-        n_workers = min(self.blocks_in_flight, len(plans))
+        n_workers = min(self.blocks_in_flight, todo)
         await run_all([worker for _ in range(n_workers)])
 
     # -- many files -------------------------------------------------------------------

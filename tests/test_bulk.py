@@ -655,3 +655,14 @@ def test_journal_replaced_between_open_and_lock_is_refused(tmp_path: Path,
     monkeypatch.setattr(fcntl, "flock", racing_flock)
     with pytest.raises(LockedError, match="replaced"):
         Journal.open(path)
+
+
+@settings(max_examples=200, deadline=None)
+@given(shape=st.lists(st.integers(0, 7), min_size=0, max_size=4).map(tuple),
+       block_bytes=st.integers(1, 300))
+def test_block_shape_counts_without_listing(shape: tuple, block_bytes: int) -> None:
+    grid = BlockGrid.fit(shape, 4, block_bytes)
+    brute: dict[tuple[int, ...], int] = {}
+    for b in range(len(grid)):
+        brute[grid.block_shape(b)] = brute.get(grid.block_shape(b), 0) + 1
+    assert grid.shape_counts() == brute

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import hashlib
@@ -10,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import tracemalloc
 import zlib
 from pathlib import Path
@@ -271,3 +273,35 @@ async def test_chunks_larger_than_the_data_are_refused() -> None:
         h.data = body(hdf_image(build=build))
         with pytest.raises(ProtocolError, match="larger than the 48 bytes planned"):
             await load(h)
+
+
+async def test_a_huge_declared_array_is_planned_lazily(tmp_path: Path) -> None:
+    """2**44 bytes declared: the first data request goes out at once, with no memory spent
+    on planning millions of blocks before it (it used to take 28 s and 841 MiB)."""
+    from aiobisque.bulk import BulkDownloader, Target
+
+    first: list[float] = []
+
+    async def refuse(request: web.Request) -> web.Response:
+        first.append(time.monotonic())
+        return web.Response(status=404, text="gone")
+
+    async with hostile() as h:
+        h.info = {"sizes": [2**21, 2**21], "types": ["float32"]}
+        h.data = refuse
+        async with BisqueSession(h.root, auth=USER, retry=FAST_RETRY,
+                                 max_bytes=1 << 50) as bq:
+            started = time.monotonic()
+            tracemalloc.start()
+            try:
+                with pytest.raises(NotFoundError):
+                    async with asyncio.timeout(20):
+                        await BulkDownloader(bq.table).download(
+                            Target("00-x", "array", tmp_path / "huge.h5"))
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+    assert first and first[0] - started < 3
+    # the blocks' buffers in flight (8 of 8 MiB by default) and little else
+    assert peak < 96 * 1024 * 1024
+    assert os.listdir(tmp_path) == []  # failed for good before any block: no litter
