@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
 import os
 import time
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +62,7 @@ from aiobisque.outputs import (
 )
 from aiobisque.plan import Plan, make_plan
 from aiobisque.progress import DownloadStats, Meter
-from aiobisque.protocol import parse_uniq, split_path
+from aiobisque.protocol import parse_resource_ts, parse_uniq, split_path
 from aiobisque.resume import Course, Courses, sibling
 from aiobisque.retry import is_permanent
 from aiobisque.selection import Selection
@@ -84,6 +86,9 @@ T = TypeVar("T")
 
 #: Smallest block: below this, syncing and journaling each block would cost more than it saves.
 MIN_BLOCK_BYTES = 1024 * 1024
+
+#: One block in this many is saved with a checksum (see :func:`block_digest`).
+DIGEST_EVERY = 16
 
 #: Errors that fail one file of a bulk run without stopping the others.
 FILE_ERRORS: tuple[type[BaseException], ...] = (BisqueError, OSError)
@@ -254,10 +259,11 @@ class BulkDownloader:
         if not out.parent.is_dir():
             raise UsageError(f"cannot write {out}: folder {out.parent} does not exist")
         arr = await self.table.open(target.uniq, target.path)
+        version = await self._remote_version(arr)
         prepared: list[Course] = []
 
         def prepare() -> Course:
-            prepared.append(self._courses.prepare(target, arr))
+            prepared.append(self._courses.prepare(target, arr, version))
             return prepared[-1]
 
         try:
@@ -275,14 +281,21 @@ class BulkDownloader:
                 return FileResult(target, shape, dtype, len(state.grid), skipped=True)
             journal, output = state.journal, state.output
             assert journal is not None and output is not None
+            # the data service's ts vouched for the version (a changed one was refused in
+            # prepare); without it, one saved block is fetched again and compared
+            known = version is not None and bool((journal.header or {}).get("remote_version"))
             result = FileResult(target, shape, dtype, len(state.grid),
                                 resumed_blocks=len(journal.done))
             try:
+                if journal.done and not known:
+                    await self._check_saved_block(arr, state)
                 await self._fill(arr, state, result.stats)
                 if len(journal.done) != len(state.grid):  # pragma: no cover - defensive
                     raise IncompleteDownloadError(f"{target.where}: only {len(journal.done)} "
                                                   f"of {len(state.grid)} blocks done")
                 await _in_thread(lambda: output.finish(out))
+            except ResumeError:
+                raise  # the saved blocks are of another version: resuming cannot help
             except FILE_ERRORS as exc:
                 await _in_thread(functools.partial(self._failed, exc, state, out))
                 raise
@@ -294,6 +307,62 @@ class BulkDownloader:
             return result
         finally:
             state.close()
+
+    async def _remote_version(self, arr: RemoteArray) -> dict[str, Any] | None:
+        """What identifies the remote's version: its ``ts`` from the data service.
+
+        ``None`` when the server has no data service or does not answer it (the block
+        checksum of :meth:`_check_saved_block` still guards a resume then).
+        """
+        session = self.table.session
+        base = session.services.get("data_service")
+        if base is None:
+            return None
+        uniq = arr.info.uniq
+        url = (base if base.endswith("/") else base + "/") + uniq
+        config = session.config.replace(
+            retry=dataclasses.replace(session.config.retry, max_attempts=3))
+        try:
+            body = await session.get_document(url, f"the resource document of {uniq}", config)
+            ts = parse_resource_ts(bytes(body), url)
+        except BisqueError as exc:
+            log.info("no version of %s from the data service (%s)", uniq, exc)
+            return None
+        return {"ts": ts} if ts else None
+
+    async def _check_saved_block(self, arr: RemoteArray, state: Course) -> None:
+        """Before resuming, fetch one saved block again: its values must be unchanged.
+
+        Used when the data service gave no ``ts`` (then or now) to vouch for the version.
+        The last block saved with a checksum is downloaded once more (one block, a few
+        MiB) and compared; other values mean the remote changed with the same shape and
+        type, and resuming would mix two versions.
+        """
+        journal, grid, output = state.journal, state.grid, state.output
+        assert journal is not None and output is not None
+        saved = [b for b in journal.digests if b in journal.done]
+        if not saved:
+            return
+        block = max(saved)
+        config = self.table.session.config
+        sub = state.sel.narrow(grid.region(block))
+        buf = np.empty(grid.block_shape(block), dtype=output.dtype)
+        held = await self._buffers.acquire(buf.nbytes)
+        try:
+            await arr.fill(sub, buf, config=config,
+                           plan=make_plan(sub, arr.dtype.itemsize, config.request_bytes))
+            now = await _in_thread(lambda: block_digest(buf))
+        finally:
+            await self._buffers.release(held)
+        if now != journal.digests[block]:
+            part = output.part
+            raise ResumeError(
+                f"the remote array {arr.info.uniq}/{arr.info.path} changed since {part} was "
+                f"started: block {block} of the selection (at {_region_text(grid, block)}) "
+                "holds other values now, with the same shape and type; resuming would mix "
+                "two versions, so rerun with --restart to download it again from scratch")
+        log.info("resume check: block %d of %s still holds the same values", block,
+                 output.part)
 
     def _failed(self, exc: BaseException, state: Course, out: Path) -> None:
         """Say what a failed download left behind, or remove it when it is useless."""
@@ -347,6 +416,7 @@ class BulkDownloader:
         todo = len(grid) - len(journal.done)
         pending = (b for b in range(len(grid)) if b not in journal.done)
         commits = asyncio.Lock()  # HDF5 writes to one file are serialised anyway
+        committed = 0
 
         async def fetch(block: int) -> None:
             sub, plan = plan_of(block)
@@ -366,8 +436,13 @@ class BulkDownloader:
                     _merge(stats, block_stats)
 
                 def commit() -> None:
+                    nonlocal committed
+                    # a checksum for one block in DIGEST_EVERY (the first included): what
+                    # a resume fetches again to tell whether the remote changed
+                    digest = block_digest(buf) if committed % DIGEST_EVERY == 0 else None
                     output.commit(grid, block, buf)
-                    journal.mark(block)
+                    journal.mark(block, digest)
+                    committed += 1
 
                 async with commits:
                     await _in_thread(commit)
@@ -421,6 +496,17 @@ def _check_distinct(targets: Sequence[Target]) -> None:
         seen[key] = i
 
 
+
+
+def block_digest(buf: np.ndarray[Any, Any]) -> str:
+    """A checksum of a block's values (CRC-32 of its bytes: fast, and enough to tell a
+    changed remote from the same one)."""
+    data = np.ascontiguousarray(buf).reshape(-1).view(np.uint8)
+    return f"crc32:{zlib.crc32(data.data):08x}"
+
+
+def _region_text(grid: Any, block: int) -> str:
+    return "[" + ", ".join(f"{s.start}:{s.stop}" for s in grid.region(block)) + "]"
 
 
 def _merge(total: DownloadStats, part: DownloadStats) -> None:

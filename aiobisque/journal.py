@@ -47,6 +47,8 @@ class Journal:
         self._fd = fd
         self.header: dict[str, Any] | None = None
         self.done: set[int] = set()
+        #: checksums recorded with some blocks (block -> text), to re-check on resume
+        self.digests: dict[int, str] = {}
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, create: bool = True) -> Journal:
@@ -99,16 +101,20 @@ class Journal:
             if not isinstance(header, dict) or header.get(_MAGIC) != _VERSION:
                 raise ValueError("not an aiobisque journal")
             done = set()
+            digests: dict[int, str] = {}
             for line in lines[1:]:
                 entry = json.loads(line)
                 block = entry["block"]
                 if not isinstance(block, int) or not 0 <= block < header["blocks"]:
                     raise ValueError(f"block {block!r} out of range")
                 done.add(block)
+                if isinstance(entry.get("crc"), str):
+                    digests[block] = entry["crc"]
         except (ValueError, KeyError, TypeError) as exc:
             raise JournalError(f"{self.path} is damaged: {exc}") from None
         self.header = header
         self.done = done
+        self.digests = digests
         return header
 
     def start(self, header: dict[str, Any]) -> None:
@@ -116,12 +122,22 @@ class Journal:
         os.ftruncate(self._fd, 0)
         self.header = dict(header)
         self.done = set()
+        self.digests = {}
         self._append({_MAGIC: _VERSION, **header})
 
-    def mark(self, block: int) -> None:
-        """Record that ``block`` is durable in the output (call after syncing the output)."""
-        self._append({"block": block})
+    def mark(self, block: int, digest: str | None = None) -> None:
+        """Record that ``block`` is durable in the output (call after syncing the output).
+
+        ``digest``, when given, is a checksum of the block's data, kept so that a resume
+        can fetch the block again and tell whether the remote still holds the same values.
+        """
+        entry: dict[str, Any] = {"block": block}
+        if digest is not None:
+            entry["crc"] = digest
+        self._append(entry)
         self.done.add(block)
+        if digest is not None:
+            self.digests[block] = digest
 
     def _append(self, entry: dict[str, Any]) -> None:
         line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()

@@ -30,6 +30,7 @@ __all__ = [
     "ArrayInfo",
     "parse_info",
     "parse_login_providers",
+    "parse_resource_ts",
     "parse_services",
     "parse_session_user",
     "parse_uniq",
@@ -349,3 +350,17 @@ def not_an_array(info: ArrayInfo) -> NotFoundError:
     listing = ", ".join(inside[:20]) + (" ..." if len(inside) > 20 else "")
     hint = f"; arrays inside: {listing}" if inside else "; it holds no arrays"
     return NotFoundError(f"{info.uniq}/{info.path} is a group, not an array{hint}")
+
+
+def parse_resource_ts(text: str | bytes, url: str) -> str | None:
+    """The modification time (``ts``) of a ``data_service/{uniq}`` resource document.
+
+    BisQue answers the resource as the document's root element (``<image ts="...">``,
+    ``<table ts="...">``), or inside a ``<resource>`` wrapper. ``None`` when it names none.
+    """
+    doc = _xml(text, "the resource document", url)
+    for element in (doc, *list(doc)[:1]):
+        ts = element.get("ts")
+        if ts:
+            return ts[:100]
+    return None
