@@ -514,5 +514,6 @@ def _merge(total: DownloadStats, part: DownloadStats) -> None:
     total.attempts += part.attempts
     total.retries += part.retries
     total.bytes += part.bytes
+    total.kept_bytes += part.kept_bytes
     total.peak_in_flight = max(total.peak_in_flight, part.peak_in_flight)
     total.errors.extend(part.errors[-10:])

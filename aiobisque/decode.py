@@ -500,6 +500,18 @@ class StreamDecoder:
             self.tail += view[max(at, hi) - at :]
 
     @property
+    def landed(self) -> int:
+        """Payload bytes already copied into the output, as one prefix of the data.
+
+        Only a body streamed straight into the output (direct mode) lands as a prefix, and
+        only one without a checksum header counts (a prefix cannot be checked against an
+        MD5 of the whole body): otherwise 0.
+        """
+        if self.mode != "direct" or self._md5_header:
+            return 0
+        return max(0, min(self.received - self.offset, self.nbytes))
+
+    @property
     def heavy(self) -> bool:
         """Whether :meth:`finish` has real work to do (worth a worker thread)."""
         return self.mode != "direct" or not self._metadata_known()

@@ -89,6 +89,36 @@ class Request:
     def __str__(self) -> str:
         return f"request #{self.index} [{self.range_text}]"
 
+    @property
+    def row_axis(self) -> int | None:
+        """The slowest axis longer than one: a body's data arrives as whole rows of it.
+
+        ``None`` for a single element, or when that axis is strided or flipped (its rows
+        do not land as a prefix of the output).
+        """
+        for axis, tile in enumerate(self.tiles):
+            if tile.length > 1:
+                return axis if tile.chunk_sel == slice(None) else None
+        return None
+
+    def row_bytes(self) -> int:
+        """Payload bytes of one row along :attr:`row_axis`."""
+        axis = self.row_axis
+        assert axis is not None
+        return math.prod(self.chunk_shape[axis + 1:]) * self.itemsize
+
+    def skip_rows(self, rows: int) -> Request:
+        """This request without its first ``rows`` rows along :attr:`row_axis` (those have
+        arrived): a smaller range, landing further into the output."""
+        axis = self.row_axis
+        assert axis is not None and 0 < rows < self.tiles[axis].length
+        tile = self.tiles[axis]
+        out = tile.out_sel
+        start = (out.start or 0) + rows
+        narrowed = DimTile(tile.lo + rows, tile.hi, tile.chunk_sel, slice(start, out.stop))
+        return Request(self.index, (*self.tiles[:axis], narrowed, *self.tiles[axis + 1:]),
+                       self.itemsize)
+
 
 def _dim_tiles(d: DimSelection, box: int) -> tuple[DimTile, ...]:
     """Cut one dimension's selection into tiles of ``box`` selected elements."""

@@ -328,3 +328,22 @@ async def test_short_outage_at_start_is_ridden_out_with_default_settings(
     await ender
     assert got.tobytes() == want.tobytes()
     assert server.stats.statuses[503] > RetryPolicy().budget_min  # more than the old budget
+
+
+@pytest.mark.parametrize("fault", ["truncate", "reset"])
+async def test_retry_after_a_cut_body_asks_only_for_the_missing_rows(
+        server: TableServer, bq: BisqueSession, want: np.ndarray, fault: str) -> None:
+    # one request of the whole 96 kB array, cut on its first attempts (a body with a
+    # Content-Length streams into the output; one without is buffered, and sent again)
+    server.faults = FaultPlan(seed=1, **{f"{fault}_rate": 0.6})
+    stats = DownloadStats()
+    got = await download(bq, request_bytes=96000, stats=stats)
+    assert got.tobytes() == want.tobytes()
+    ranges = [r.range for r in server.stats.data_log]
+    assert len(ranges) >= 2 and ranges[0] == "0;39,0;29,0;19"
+    firsts = [int(r.split(",")[0].split(";")[0]) for r in ranges]
+    assert firsts == sorted(firsts) and firsts[-1] > 0  # each retry starts further on
+    assert stats.kept_bytes > 0
+    # fetched again per cut: at most the first 16 KiB (the decoder's first look at the
+    # metadata) and a partial row, never the whole body again
+    assert stats.bytes < 96000 + len(ranges) * (16384 + 2400)
