@@ -47,7 +47,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from aiobisque.config import Config
-from aiobisque.download import run_all
+from aiobisque.download import Ledger, run_all
 from aiobisque.errors import (
     BisqueError,
     IncompleteDownloadError,
@@ -58,9 +58,10 @@ from aiobisque.errors import (
 from aiobisque.fetch import ByteBudget
 from aiobisque.outputs import (
     CHUNK_BYTES,
+    NpyOutput,
     output_format,
 )
-from aiobisque.plan import Plan, make_plan
+from aiobisque.plan import Plan, ResumedPlan, make_plan
 from aiobisque.progress import DownloadStats, Meter
 from aiobisque.protocol import parse_resource_ts, parse_uniq, split_path
 from aiobisque.resume import Course, Courses, sibling
@@ -86,6 +87,9 @@ T = TypeVar("T")
 
 #: Smallest block: below this, syncing and journaling each block would cost more than it saves.
 MIN_BLOCK_BYTES = 1024 * 1024
+
+#: Seconds between journal entries of the rows that landed in blocks in flight (``.npy``).
+CHECKPOINT_SECONDS = 0.5
 
 #: One block in this many is saved with a checksum (see :func:`block_digest`).
 DIGEST_EVERY = 16
@@ -417,22 +421,38 @@ class BulkDownloader:
         pending = (b for b in range(len(grid)) if b not in journal.done)
         commits = asyncio.Lock()  # HDF5 writes to one file are serialised anyway
         committed = 0
+        # A .npy block's buffer maps the file itself, so the rows that have landed are on
+        # disk once synced: blocks in flight are journaled row by row (every
+        # CHECKPOINT_SECONDS), and a resume asks only for the rows still missing.
+        finer = isinstance(output, NpyOutput)
+        inflight: dict[int, _InFlight] = {}
 
         async def fetch(block: int) -> None:
-            sub, plan = plan_of(block)
+            sub, full_plan = plan_of(block)
+            plan: Plan = full_plan
+            base: dict[int, int] = {}
+            noted = journal.partial.get(block)
+            if finer and noted is not None and noted[0] == config.request_bytes:
+                base = noted[1]  # rows of this block's requests saved by an earlier run
+                plan = ResumedPlan(full_plan.selection, full_plan.itemsize, full_plan.tiles,
+                                   landed=base)
             out_bytes = math.prod(grid.block_shape(block)) * itemsize
             key = (id(state), block)
             held = await self._buffers.acquire(out_bytes)
             try:
                 buf = output.buffer(grid, block)
                 block_stats = DownloadStats()
+                ledger = Ledger() if finer else None
+                if ledger is not None:
+                    inflight[block] = _InFlight(full_plan, base, ledger, buf)
                 try:
                     # the block's buffer is ours: a failed block is simply fetched again
                     # next time, so the request's own error is what the caller hears
                     await arr.fill(sub, buf, config=config, plan=plan,
                                    progress=lambda p: self.meter.partial(key, p),
-                                   stats=block_stats)
+                                   stats=block_stats, ledger=ledger)
                 finally:
+                    inflight.pop(block, None)
                     _merge(stats, block_stats)
 
                 def commit() -> None:
@@ -446,7 +466,7 @@ class BulkDownloader:
 
                 async with commits:
                     await _in_thread(commit)
-                self.meter.block_done(key, plan.nbytes, block_stats.requests,
+                self.meter.block_done(key, full_plan.nbytes, block_stats.requests,
                                       block_stats.retries)
             finally:
                 self.meter.block_dropped(key)
@@ -456,8 +476,36 @@ class BulkDownloader:
             for block in pending:  # shared iterator: each block is taken by one worker
                 await fetch(block)
 
+        async def checkpoints() -> None:
+            noted: dict[int, dict[int, int]] = {}
+            while True:
+                await asyncio.sleep(CHECKPOINT_SECONDS)
+                for block, flight in list(inflight.items()):
+                    rows = flight.rows()  # counted before the sync: all of it is synced
+                    if not rows or rows == noted.get(block, flight.base):
+                        continue
+                    async with commits:  # never beside a commit (it unmaps the buffer)
+                        if block not in inflight:
+                            continue
+
+                        def note(flight: _InFlight = flight, block: int = block,
+                                 rows: dict[int, int] = rows) -> None:
+                            if isinstance(flight.buf, np.memmap):
+                                flight.buf.flush()  # msync: the rows are on disk first
+                            journal.note_rows(block, config.request_bytes, rows)
+
+                        await _in_thread(note)
+                    noted[block] = rows
+
         n_workers = min(self.blocks_in_flight, todo)
-        await run_all([worker for _ in range(n_workers)])
+        checkpointer = asyncio.ensure_future(checkpoints()) if finer and todo else None
+        try:
+            await run_all([worker for _ in range(n_workers)])
+        finally:
+            if checkpointer is not None:
+                checkpointer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await checkpointer
 
     # -- many files -------------------------------------------------------------------
 
@@ -496,6 +544,32 @@ def _check_distinct(targets: Sequence[Target]) -> None:
         seen[key] = i
 
 
+
+
+@dataclass
+class _InFlight:
+    """A block being fetched into a ``.npy`` map: which rows of it are in the file."""
+
+    plan: Plan
+    base: dict[int, int]  # rows each request had from an earlier run
+    ledger: Ledger
+    buf: np.ndarray[Any, Any]
+
+    def rows(self) -> dict[int, int]:
+        """Request index -> rows of it (along its row axis) in the output now."""
+        out: dict[int, int] = {}
+        for req in self.plan:
+            axis = req.row_axis
+            full = req.tiles[axis].length if axis is not None else 1
+            before = self.base.get(req.index, 0)
+            if before >= full:
+                out[req.index] = full
+                continue
+            sent = req.skip_rows(before) if before > 0 and axis is not None else req
+            rows = min(full, before + self.ledger.rows(sent))
+            if rows:
+                out[req.index] = rows
+        return out
 
 
 def block_digest(buf: np.ndarray[Any, Any]) -> str:

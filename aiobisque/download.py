@@ -25,10 +25,35 @@ from aiobisque.plan import Plan, Request
 from aiobisque.progress import DownloadStats, Progress, ProgressCallback
 from aiobisque.retry import RetryBudget, is_permanent, retrying, why_stopped
 
-__all__ = ["run_all", "run_plan"]
+__all__ = ["Ledger", "run_all", "run_plan"]
 
 #: Room allowed for an HDF5 image's metadata around the payload it carries.
 _HEADER_ALLOWANCE = 1024 * 1024
+
+
+class Ledger:
+    """Which rows of each request of a plan are in the output already (event loop only).
+
+    A request's data lands as a prefix of its rows (see :attr:`Request.row_axis
+    <aiobisque.plan.Request.row_axis>`): whole for a finished request, in part for one
+    whose body is still arriving or was cut. The bulk downloader reads this to journal a
+    block's progress at a finer grain than whole requests.
+    """
+
+    def __init__(self) -> None:
+        self.done: set[int] = set()
+        self._live: dict[int, Callable[[], int]] = {}
+
+    def rows(self, req: Request) -> int:
+        """Rows of ``req`` (along its row axis; 1 for a single element) in the output."""
+        axis = req.row_axis
+        full = req.tiles[axis].length if axis is not None else 1
+        if req.index in self.done:
+            return full
+        live = self._live.get(req.index)
+        if live is None or axis is None:
+            return 0
+        return min(full, live() // req.row_bytes())
 
 
 class _Tracker:
@@ -67,8 +92,12 @@ async def run_plan(
     where: str,
     progress: ProgressCallback | None = None,
     stats: DownloadStats | None = None,
+    ledger: Ledger | None = None,
 ) -> DownloadStats:
-    """Fill ``out_core`` (shaped like the selection's core) with every request of ``plan``."""
+    """Fill ``out_core`` (shaped like the selection's core) with every request of ``plan``.
+
+    ``ledger``, when given, is kept up to date with the rows of each request in the output.
+    """
     stats = stats if stats is not None else DownloadStats()
     stats.requests = len(plan)
     stats.complete = False
@@ -87,6 +116,9 @@ async def run_plan(
         kept = 0  # payload bytes of req already in the output, from bodies cut short
         current = req  # what the next attempt asks for: req without the rows that arrived
         decoder: StreamDecoder | None = None
+        if ledger is not None:
+            # bytes of req in the output: what cut bodies left, plus the body arriving
+            ledger._live[req.index] = lambda: kept + (decoder.landed if decoder else 0)
 
         def on_bytes(n: int) -> None:
             nonlocal received
@@ -169,6 +201,9 @@ async def run_plan(
                 url=exc.url, status=exc.status, request=req.range_text, attempts=attempts,
             ) from exc
         decoder = None
+        if ledger is not None:
+            ledger.done.add(req.index)
+            ledger._live.pop(req.index, None)
         tracker.done_requests += 1
         tracker.report()
 

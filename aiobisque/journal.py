@@ -2,7 +2,8 @@
 
 ``FILE.part.journal`` sits beside ``FILE.part``. It is JSON lines: the first line describes
 the download (remote root, uniq, path, selection, shapes, dtype, block grid), each later
-line names one block whose data is already durable in ``FILE.part``. Every line is fsync'd
+line names one block whose data is already durable in ``FILE.part`` (or, for a block in
+flight, how many rows of each of its requests are). Every line is fsync'd
 before the next block is counted, so after a crash, Ctrl-C or ``kill -9`` the journal never
 claims more than the file holds. A last line cut short by the crash is ignored.
 
@@ -49,6 +50,9 @@ class Journal:
         self.done: set[int] = set()
         #: checksums recorded with some blocks (block -> text), to re-check on resume
         self.digests: dict[int, str] = {}
+        #: blocks not done but partly in the output: block -> (request_bytes of the plan,
+        #: {request index: rows of it in the output})
+        self.partial: dict[int, tuple[int, dict[int, int]]] = {}
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, create: bool = True) -> Journal:
@@ -102,8 +106,13 @@ class Journal:
                 raise ValueError("not an aiobisque journal")
             done = set()
             digests: dict[int, str] = {}
+            partial: dict[int, tuple[int, dict[int, int]]] = {}
             for line in lines[1:]:
                 entry = json.loads(line)
+                if "part" in entry:  # a block's progress, finer than whole requests
+                    rows = {int(k): int(v) for k, v in dict(entry["rows"]).items()}
+                    partial[int(entry["part"])] = (int(entry["rb"]), rows)
+                    continue
                 block = entry["block"]
                 if not isinstance(block, int) or not 0 <= block < header["blocks"]:
                     raise ValueError(f"block {block!r} out of range")
@@ -115,6 +124,7 @@ class Journal:
         self.header = header
         self.done = done
         self.digests = digests
+        self.partial = {b: p for b, p in partial.items() if b not in done}
         return header
 
     def start(self, header: dict[str, Any]) -> None:
@@ -123,6 +133,7 @@ class Journal:
         self.header = dict(header)
         self.done = set()
         self.digests = {}
+        self.partial = {}
         self._append({_MAGIC: _VERSION, **header})
 
     def mark(self, block: int, digest: str | None = None) -> None:
@@ -136,8 +147,16 @@ class Journal:
             entry["crc"] = digest
         self._append(entry)
         self.done.add(block)
+        self.partial.pop(block, None)
         if digest is not None:
             self.digests[block] = digest
+
+    def note_rows(self, block: int, request_bytes: int, rows: dict[int, int]) -> None:
+        """Record that the first ``rows[i]`` rows of request ``i`` of ``block``'s plan (made
+        with ``request_bytes``) are durable in the output (call after syncing them)."""
+        self._append({"part": block, "rb": request_bytes,
+                      "rows": {str(i): n for i, n in sorted(rows.items())}})
+        self.partial[block] = (request_bytes, dict(rows))
 
     def _append(self, entry: dict[str, Any]) -> None:
         line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()

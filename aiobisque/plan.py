@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from aiobisque.selection import DimSelection, Selection
 
-__all__ = ["DimTile", "Plan", "Request", "make_plan", "format_range"]
+__all__ = ["DimTile", "Plan", "Request", "ResumedPlan", "make_plan", "format_range"]
 
 #: Cost, in bytes, charged per request when choosing how to fetch strided dimensions.
 DEFAULT_REQUEST_OVERHEAD = 256 * 1024
@@ -198,6 +198,34 @@ class Plan:
     @property
     def out_nbytes(self) -> int:
         return self.selection.size * self.itemsize
+
+
+@dataclass(frozen=True)
+class ResumedPlan(Plan):
+    """A plan of which the first rows of some requests are in the output already.
+
+    ``landed`` maps a request's index to the rows (along its :attr:`Request.row_axis`;
+    1 for a single element) that need not be fetched again: a request with all of them
+    is left out, one with some is narrowed to the rest (:meth:`Request.skip_rows`).
+    """
+
+    landed: Mapping[int, int] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[Request]:
+        for req in super().__iter__():
+            rows = self.landed.get(req.index, 0)
+            axis = req.row_axis
+            full = req.tiles[axis].length if axis is not None else 1
+            if rows >= full:
+                continue
+            yield req.skip_rows(rows) if rows > 0 and axis is not None else req
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(r.nbytes for r in self)
 
 
 def make_plan(

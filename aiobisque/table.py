@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aiobisque.config import Config
-from aiobisque.download import run_plan
+from aiobisque.download import Ledger, run_plan
 from aiobisque.errors import IncompleteDownloadError, UsageError
 from aiobisque.plan import Plan, Request, make_plan
 from aiobisque.progress import DownloadStats, ProgressCallback
@@ -185,6 +185,7 @@ class RemoteArray:
         plan: Plan | None = None,
         progress: ProgressCallback | None = None,
         stats: DownloadStats | None = None,
+        ledger: Ledger | None = None,
     ) -> DownloadStats:
         """Download the normalised selection ``sel`` into ``dest``: the one read path.
 
@@ -203,7 +204,7 @@ class RemoteArray:
         return await run_plan(
             session.transport, plan, self.url_for, core, self.dtype,
             config=config, executor=session.executor, where=self._where,
-            progress=progress, stats=stats,
+            progress=progress, stats=stats, ledger=ledger,
         )
 
     @property
