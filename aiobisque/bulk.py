@@ -88,8 +88,9 @@ T = TypeVar("T")
 #: Smallest block: below this, syncing and journaling each block would cost more than it saves.
 MIN_BLOCK_BYTES = 1024 * 1024
 
-#: Seconds between journal entries of the rows that landed in blocks in flight (``.npy``).
-CHECKPOINT_SECONDS = 0.5
+#: Seconds between journal entries of the rows that landed in blocks in flight (``.npy``):
+#: after a kill, at most this long a download's worth of arrived rows is fetched again.
+CHECKPOINT_SECONDS = 0.1
 
 #: One block in this many is saved with a checksum (see :func:`block_digest`).
 DIGEST_EVERY = 16
@@ -480,21 +481,24 @@ class BulkDownloader:
             noted: dict[int, dict[int, int]] = {}
             while True:
                 await asyncio.sleep(CHECKPOINT_SECONDS)
-                for block, flight in list(inflight.items()):
-                    rows = flight.rows()  # counted before the sync: all of it is synced
-                    if not rows or rows == noted.get(block, flight.base):
+                async with commits:  # never beside a commit (it unmaps the buffer)
+                    # counted before the sync: all of it is synced
+                    changed = {block: (flight, rows) for block, flight in inflight.items()
+                               if (rows := flight.rows())
+                               and rows != noted.get(block, flight.base)}
+                    if not changed:
                         continue
-                    async with commits:  # never beside a commit (it unmaps the buffer)
-                        if block not in inflight:
-                            continue
 
-                        def note(flight: _InFlight = flight, block: int = block,
-                                 rows: dict[int, int] = rows) -> None:
+                    def note(changed: dict[int, tuple[_InFlight, dict[int, int]]] = changed
+                             ) -> None:
+                        for flight, _ in changed.values():
                             if isinstance(flight.buf, np.memmap):
                                 flight.buf.flush()  # msync: the rows are on disk first
-                            journal.note_rows(block, config.request_bytes, rows)
+                        journal.note_rows(config.request_bytes,
+                                          {b: rows for b, (_, rows) in changed.items()})
 
-                        await _in_thread(note)
+                    await _in_thread(note)
+                for block, (_, rows) in changed.items():
                     noted[block] = rows
 
         n_workers = min(self.blocks_in_flight, todo)

@@ -151,17 +151,24 @@ class Journal:
         if digest is not None:
             self.digests[block] = digest
 
-    def note_rows(self, block: int, request_bytes: int, rows: dict[int, int]) -> None:
-        """Record that the first ``rows[i]`` rows of request ``i`` of ``block``'s plan (made
-        with ``request_bytes``) are durable in the output (call after syncing them)."""
-        self._append({"part": block, "rb": request_bytes,
-                      "rows": {str(i): n for i, n in sorted(rows.items())}})
-        self.partial[block] = (request_bytes, dict(rows))
+    def note_rows(self, request_bytes: int, blocks: dict[int, dict[int, int]]) -> None:
+        """Record, for each ``block``, that the first ``rows[i]`` rows of request ``i`` of
+        its plan (made with ``request_bytes``) are durable in the output (call after
+        syncing them). One write and one fsync for all of them."""
+        entries = [{"part": block, "rb": request_bytes,
+                    "rows": {str(i): n for i, n in sorted(rows.items())}}
+                   for block, rows in sorted(blocks.items())]
+        self._append_all(entries)
+        for block, rows in blocks.items():
+            self.partial[block] = (request_bytes, dict(rows))
 
     def _append(self, entry: dict[str, Any]) -> None:
-        line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
+        self._append_all([entry])
+
+    def _append_all(self, entries: list[dict[str, Any]]) -> None:
+        text = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in entries)
         end = os.fstat(self._fd).st_size
-        os.pwrite(self._fd, line, end)
+        os.pwrite(self._fd, text.encode(), end)
         os.fsync(self._fd)
 
     def close(self) -> None:
