@@ -227,16 +227,23 @@ async def kill9(folder: Path, kills: int, seed: int) -> list[str]:
     async with run_server(folder, users=dict([USER])) as srv:
         srv.faults = FaultPlan(total_bandwidth=32e6)  # 64 MiB in ~2 s: kills land mid-way
         argv = [sys.executable, "-m", "aiobisque", "download", srv.root, KILL_UNIQ, PATH,
-                "-o", str(out), "--user", USER[0], "--no-progress", "--request-mb", "1"]
+                "-o", str(out), "--user", USER[0], "--no-progress"]
         started = time.perf_counter()
+        per_kill = []
         for _ in range(kills):
             proc = await asyncio.create_subprocess_exec(*argv, env=env,
                                                         stdout=asyncio.subprocess.DEVNULL,
                                                         stderr=asyncio.subprocess.DEVNULL)
-            await asyncio.sleep(rng.uniform(0.6, 1.6))  # the interpreter starts in ~0.4 s
+            before = srv.stats.bytes_sent
+            for _ in range(3000):  # until data flows: the kill lands in the transfer
+                if srv.stats.bytes_sent != before or proc.returncode is not None:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(rng.uniform(0.1, 1.0))
             if proc.returncode is None:
                 proc.send_signal(signal.SIGKILL)
             await proc.wait()
+            per_kill.append(srv.stats.bytes_sent - before)
         proc = await asyncio.create_subprocess_exec(*argv, env=env,
                                                     stdout=asyncio.subprocess.DEVNULL,
                                                     stderr=asyncio.subprocess.DEVNULL)
@@ -247,7 +254,10 @@ async def kill9(folder: Path, kills: int, seed: int) -> list[str]:
     requested = sent
     with h5py.File(samples.resource_file(folder, KILL_UNIQ), "r") as f:
         ok = status == 0 and np.load(out).tobytes() == f[PATH][()].tobytes()
-    return [f"kill -9 x{kills} at random points, then resume (64 MiB .npy)",
+    sent_before_kills = sum(per_kill)
+    return [f"kill -9 x{kills} at random points in the transfer (sent before each: "
+            f"{', '.join(f'{b / MiB_:.0f}' for b in per_kill)} MiB), then resume "
+            f"(64 MiB .npy; {sent_before_kills / MiB_:.0f} MiB sent before the kills)",
             f"{len(srv.stats.data_log):,}", "-", f"{kills} kills",
             f"{(requested - total) / MiB_:.1f} MiB = {(requested - total) / total:.0%} "
             "of the array", f"{wall:.1f}", "bit-exact" if ok else "WRONG"]
