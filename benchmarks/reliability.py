@@ -139,28 +139,38 @@ async def outage(folder: Path, want: str, seconds: float) -> list[str]:
             outcome]
 
 
-def _bomb_child() -> None:
-    """Run in a child process: one bomb download, then print JSON (time, peak RSS)."""
-    import json
-    import resource
+BOMB_INFLATES = 1024 * MiB_  # the chunk inflates to 1 GiB
+
+
+def _bomb_payload() -> bytes:
+    """A (1024, 256) float32 image whose one gzip chunk inflates to 1 GiB (~1 MB body)."""
     import zlib
 
     import numpy as np
 
-    from tests.hostile import body, hdf_image, hostile, info_json
+    from tests.hostile import hdf_image
 
-    ratio_bytes = 1024 * MiB_  # inflates to 1 GiB
-    inflater = zlib.compressobj(9)
+    deflater = zlib.compressobj(9)
     zero = bytes(64 * MiB_)
-    stream = b"".join(inflater.compress(zero) for _ in range(ratio_bytes // len(zero)))
-    stream += inflater.flush()
+    stream = b"".join(deflater.compress(zero) for _ in range(BOMB_INFLATES // len(zero)))
+    stream += deflater.flush()
 
     def build(f: h5py.File) -> None:
         ds = f.create_dataset("array", shape=(1024, 256), dtype=np.float32, chunks=(1024, 256),
                               compression="gzip")
         ds.id.write_direct_chunk((0, 0), stream)
 
-    payload = hdf_image(build=build)
+    return hdf_image(build=build)
+
+
+def _bomb_child(path: Path) -> None:
+    """Run in a child process: download the bomb in ``path``, print JSON (time, RSS)."""
+    import json
+    import resource
+
+    from tests.hostile import body, hostile, info_json
+
+    payload = path.read_bytes()
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     async def go() -> tuple[float, str]:
@@ -178,16 +188,18 @@ def _bomb_child() -> None:
 
     seconds, outcome = asyncio.run(go())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"body": len(payload), "inflates": ratio_bytes, "seconds": seconds,
+    print(json.dumps({"body": len(payload), "inflates": BOMB_INFLATES, "seconds": seconds,
                       "rss_growth_kib": peak - base, "outcome": outcome}))
 
 
-def bomb() -> list[str]:
+def bomb(folder: Path) -> list[str]:
     import json
     import subprocess
 
-    done = subprocess.run([sys.executable, __file__, "--bomb-child"], capture_output=True,
-                          text=True, timeout=600, check=True,
+    path = folder / "bomb.h5"
+    path.write_bytes(_bomb_payload())  # built here: the child's memory is the decode's own
+    done = subprocess.run([sys.executable, __file__, "--bomb-child", str(path)],
+                          capture_output=True, text=True, timeout=600, check=True,
                           cwd=Path(__file__).resolve().parents[1])
     r = json.loads(done.stdout.strip().splitlines()[-1])
     return [f"gzip bomb: {r['body'] / 1e6:.1f} MB body inflating to "
@@ -269,7 +281,7 @@ async def issue_cases(folder: Path) -> list[list[str]]:
     for seconds in (2.0, 5.0, 10.0):
         rows.append(await outage(folder, want, seconds))
         print(" | ".join(rows[-1]), flush=True)
-    rows.append(bomb())
+    rows.append(bomb(folder))
     print(" | ".join(rows[-1]), flush=True)
     rows.append(await cut_bodies(folder, want))
     print(" | ".join(rows[-1]), flush=True)
@@ -333,12 +345,12 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--write", action="store_true",
                         help="update the reliability table in benchmarks/RESULTS.md")
-    parser.add_argument("--bomb-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bomb-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--only-issue", action="store_true",
                         help="run only the issue #14 cases (not the fault mixes)")
     args = parser.parse_args()
     if args.bomb_child:
-        _bomb_child()
+        _bomb_child(args.bomb_child)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
