@@ -6,6 +6,7 @@ when the server gives no ``ts``, a checksum of a saved block, fetched again on r
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -14,11 +15,25 @@ import pytest
 
 from aiobisque import BisqueSession, ResumeError
 from aiobisque.bulk import BulkDownloader, Target
-from aiobisque.server import FaultPlan, run_server, samples
+from aiobisque.server import FaultPlan, TableServer, run_server, samples
 from tests.conftest import USER, USERS
 from tests.test_bulk import SMALL, expected, interrupted, journal_header, read_output
 
 SHAPE = (64, 24, 20)
+
+
+async def rewrite(server: TableServer, remote: Path) -> None:
+    """New values, same shape and type, once the server has let go of the file (requests
+    cancelled by the interruption may still be reading it for a moment)."""
+    for _ in range(100):
+        if server.stats.in_flight == 0:
+            try:
+                samples.write_array(remote, "vol", "volume", SHAPE, dtype="float32", seed=2)
+                return
+            except OSError:  # still open in a server thread: HDF5 refuses to write it
+                pass
+        await asyncio.sleep(0.05)
+    raise AssertionError("the server kept the file open")
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".h5"])
@@ -43,7 +58,7 @@ async def test_changed_values_with_the_same_shape_are_refused(
             if ts == "moved":
                 assert journal_header(out)["remote_version"]["ts"]
             before = file.stat()
-            samples.write_array(remote, "vol", "volume", SHAPE, dtype="float32", seed=2)
+            await rewrite(server, remote)
             if ts == "moved":
                 os.utime(file, (before.st_atime + 100, before.st_mtime + 100))
             else:  # even the modification time restored: only the values tell
