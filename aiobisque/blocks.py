@@ -81,6 +81,25 @@ class BlockGrid:
         stop = min(self.shape[self.axis], start + self.rows)
         return lead, start, stop
 
+    def shape_counts(self) -> dict[tuple[int, ...], int]:
+        """How many blocks have each block shape (at most two shapes), without listing them.
+
+        Every block is full but the last one along ``axis`` of each run, which may be
+        shorter; so totals over a grid of millions of blocks cost nothing.
+        """
+        if len(self) == 0:
+            return {}
+        if not self.shape:
+            return {(): 1}
+        outer = math.prod(self.shape[: self.axis])
+        last = self.shape[self.axis] - (self._per_axis - 1) * self.rows
+        counts: dict[tuple[int, ...], int] = {}
+        for rows, n in ((self.rows, self._per_axis - 1), (last, 1)):
+            if n:
+                shape = (1,) * self.axis + (rows,) + self.shape[self.axis + 1:]
+                counts[shape] = counts.get(shape, 0) + n * outer
+        return counts
+
     def region(self, block: int) -> tuple[slice, ...]:
         """The block's place in the result: one slice per axis (length 1 before ``axis``)."""
         lead, start, stop = self._locate(block)

@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
 import os
 import time
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +47,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from aiobisque.config import Config
-from aiobisque.download import run_all
+from aiobisque.download import Ledger, run_all
 from aiobisque.errors import (
     BisqueError,
     IncompleteDownloadError,
@@ -57,11 +59,12 @@ from aiobisque.fetch import ByteBudget
 from aiobisque.outputs import (
     CHUNK_BYTES,
     TABLE_ONLY_FORMATS,
+    NpyOutput,
     output_format,
 )
-from aiobisque.plan import Plan, make_plan
+from aiobisque.plan import Plan, ResumedPlan, make_plan
 from aiobisque.progress import DownloadStats, Meter, counted
-from aiobisque.protocol import ArrayInfo, not_an_array, parse_uniq, split_path
+from aiobisque.protocol import ArrayInfo, not_an_array, parse_resource_ts, parse_uniq, split_path
 from aiobisque.resume import Course, Courses, sibling
 from aiobisque.retry import is_permanent
 from aiobisque.selection import Selection
@@ -85,6 +88,13 @@ T = TypeVar("T")
 
 #: Smallest block: below this, syncing and journaling each block would cost more than it saves.
 MIN_BLOCK_BYTES = 1024 * 1024
+
+#: Seconds between journal entries of the rows that landed in blocks in flight (``.npy``):
+#: after a kill, at most this long a download's worth of arrived rows is fetched again.
+CHECKPOINT_SECONDS = 0.1
+
+#: One block in this many is saved with a checksum (see :func:`block_digest`).
+DIGEST_EVERY = 16
 
 #: Errors that fail one file of a bulk run without stopping the others.
 FILE_ERRORS: tuple[type[BaseException], ...] = (BisqueError, OSError)
@@ -269,10 +279,11 @@ class BulkDownloader:
                              f"{target.where} is an array; write it to .npy or .h5")
         arr = RemoteArray(self.table, info)
         arr.check_readable()  # before any file is made
+        version = await self._remote_version(arr)
         prepared: list[Course] = []
 
         def prepare() -> Course:
-            prepared.append(self._courses.prepare(target, arr))
+            prepared.append(self._courses.prepare(target, arr, version))
             return prepared[-1]
 
         try:
@@ -294,14 +305,21 @@ class BulkDownloader:
             assert journal is not None and output is not None
             resumed_bytes = sum(math.prod(state.grid.block_shape(b)) for b in journal.done) \
                 * dtype.itemsize
+            # the data service's ts vouched for the version (a changed one was refused in
+            # prepare); without it, one saved block is fetched again and compared
+            known = version is not None and bool((journal.header or {}).get("remote_version"))
             result = FileResult(target, shape, dtype, len(state.grid),
                                 resumed_blocks=len(journal.done), resumed_bytes=resumed_bytes)
             try:
+                if journal.done and not known:
+                    await self._check_saved_block(arr, state)
                 await self._fill(arr, state, result.stats)
                 if len(journal.done) != len(state.grid):  # pragma: no cover - defensive
                     raise IncompleteDownloadError(f"{target.where}: only {len(journal.done)} "
                                                   f"of {len(state.grid)} blocks done")
                 await _in_thread(lambda: output.finish(out))
+            except ResumeError:
+                raise  # the saved blocks are of another version: resuming cannot help
             except FILE_ERRORS as exc:
                 await _in_thread(functools.partial(self._failed, exc, state, out))
                 raise
@@ -320,6 +338,62 @@ class BulkDownloader:
         from aiobisque.table_download import download_table
 
         return await download_table(self, target, info, started)
+
+    async def _remote_version(self, arr: RemoteArray) -> dict[str, Any] | None:
+        """What identifies the remote's version: its ``ts`` from the data service.
+
+        ``None`` when the server has no data service or does not answer it (the block
+        checksum of :meth:`_check_saved_block` still guards a resume then).
+        """
+        session = self.table.session
+        base = session.services.get("data_service")
+        if base is None:
+            return None
+        uniq = arr.info.uniq
+        url = (base if base.endswith("/") else base + "/") + uniq
+        config = session.config.replace(
+            retry=dataclasses.replace(session.config.retry, max_attempts=3))
+        try:
+            body = await session.get_document(url, f"the resource document of {uniq}", config)
+            ts = parse_resource_ts(bytes(body), url)
+        except BisqueError as exc:
+            log.info("no version of %s from the data service (%s)", uniq, exc)
+            return None
+        return {"ts": ts} if ts else None
+
+    async def _check_saved_block(self, arr: RemoteArray, state: Course) -> None:
+        """Before resuming, fetch one saved block again: its values must be unchanged.
+
+        Used when the data service gave no ``ts`` (then or now) to vouch for the version.
+        The last block saved with a checksum is downloaded once more (one block, a few
+        MiB) and compared; other values mean the remote changed with the same shape and
+        type, and resuming would mix two versions.
+        """
+        journal, grid, output = state.journal, state.grid, state.output
+        assert journal is not None and output is not None
+        saved = [b for b in journal.digests if b in journal.done]
+        if not saved:
+            return
+        block = max(saved)
+        config = self.table.session.config
+        sub = state.sel.narrow(grid.region(block))
+        buf = np.empty(grid.block_shape(block), dtype=output.dtype)
+        held = await self._buffers.acquire(buf.nbytes)
+        try:
+            await arr.fill(sub, buf, config=config,
+                           plan=make_plan(sub, arr.dtype.itemsize, config.request_bytes))
+            now = await _in_thread(lambda: block_digest(buf))
+        finally:
+            await self._buffers.release(held)
+        if now != journal.digests[block]:
+            part = output.part
+            raise ResumeError(
+                f"the remote array {arr.info.uniq}/{arr.info.path} changed since {part} was "
+                f"started: block {block} of the selection (at {_region_text(grid, block)}) "
+                "holds other values now, with the same shape and type; resuming would mix "
+                "two versions, so rerun with --restart to download it again from scratch")
+        log.info("resume check: block %d of %s still holds the same values", block,
+                 output.part)
 
     def _failed(self, exc: BaseException, state: Course, out: Path) -> None:
         """Say what a failed download left behind, or remove it when it is useless."""
@@ -349,47 +423,77 @@ class BulkDownloader:
         assert journal is not None and output is not None
         config = self.table.session.config
         itemsize = arr.dtype.itemsize
-        plans: dict[int, tuple[Selection, Plan]] = {}
-        done_bytes = done_requests = 0
-        for block in range(len(grid)):
+
+        def plan_of(block: int) -> tuple[Selection, Plan]:
             sub = state.sel.narrow(grid.region(block))
-            plan = make_plan(sub, itemsize, config.request_bytes)
-            if block in journal.done:
-                done_bytes += plan.nbytes
-                done_requests += len(plan)
-            else:
-                plans[block] = (sub, plan)
-        self.meter.add(done_bytes + sum(p.nbytes for _, p in plans.values()),
-                       done_requests + sum(len(p) for _, p in plans.values()),
-                       done_bytes, done_requests)
+            return sub, make_plan(sub, itemsize, config.request_bytes)
+
+        # Planned lazily, one block as it is taken: a server declaring terabytes costs
+        # no memory or time before the first request. A plan's size depends only on the
+        # block's shape (the selection's strides are the same everywhere), and a grid has
+        # at most two block shapes, so the totals come from one plan of each.
+        sizes: dict[tuple[int, ...], tuple[int, int]] = {}
+        counts = grid.shape_counts()
+        for shape in counts:
+            block = next(b for b in (0, len(grid) - 1) if grid.block_shape(b) == shape)
+            plan = plan_of(block)[1]
+            sizes[shape] = (plan.nbytes, len(plan))
+        total_bytes = sum(sizes[k][0] * n for k, n in counts.items())
+        total_requests = sum(sizes[k][1] * n for k, n in counts.items())
+        done_bytes = sum(sizes[grid.block_shape(b)][0] for b in journal.done)
+        done_requests = sum(sizes[grid.block_shape(b)][1] for b in journal.done)
+        self.meter.add(total_bytes, total_requests, done_bytes, done_requests)
         stats.out_bytes = math.prod(grid.shape) * itemsize
-        pending = iter(sorted(plans))
+        todo = len(grid) - len(journal.done)
+        pending = (b for b in range(len(grid)) if b not in journal.done)
         commits = asyncio.Lock()  # HDF5 writes to one file are serialised anyway
+        committed = 0
+        # A .npy block's buffer maps the file itself, so the rows that have landed are on
+        # disk once synced: blocks in flight are journaled row by row (every
+        # CHECKPOINT_SECONDS), and a resume asks only for the rows still missing.
+        finer = isinstance(output, NpyOutput)
+        inflight: dict[int, _InFlight] = {}
 
         async def fetch(block: int) -> None:
-            sub, plan = plans[block]
+            sub, full_plan = plan_of(block)
+            plan: Plan = full_plan
+            base: dict[int, int] = {}
+            noted = journal.partial.get(block)
+            if finer and noted is not None and noted[0] == config.request_bytes:
+                base = noted[1]  # rows of this block's requests saved by an earlier run
+                plan = ResumedPlan(full_plan.selection, full_plan.itemsize, full_plan.tiles,
+                                   landed=base)
             out_bytes = math.prod(grid.block_shape(block)) * itemsize
             key = (id(state), block)
             held = await self._buffers.acquire(out_bytes)
             try:
                 buf = output.buffer(grid, block)
                 block_stats = DownloadStats()
+                ledger = Ledger() if finer else None
+                if ledger is not None:
+                    inflight[block] = _InFlight(full_plan, base, ledger, buf)
                 try:
                     # the block's buffer is ours: a failed block is simply fetched again
                     # next time, so the request's own error is what the caller hears
                     await arr.fill(sub, buf, config=config, plan=plan,
                                    progress=lambda p: self.meter.partial(key, p),
-                                   stats=block_stats)
+                                   stats=block_stats, ledger=ledger)
                 finally:
+                    inflight.pop(block, None)
                     stats.add(block_stats)
 
                 def commit() -> None:
+                    nonlocal committed
+                    # a checksum for one block in DIGEST_EVERY (the first included): what
+                    # a resume fetches again to tell whether the remote changed
+                    digest = block_digest(buf) if committed % DIGEST_EVERY == 0 else None
                     output.commit(grid, block, buf)
-                    journal.mark(block)
+                    journal.mark(block, digest)
+                    committed += 1
 
                 async with commits:
                     await _in_thread(commit)
-                self.meter.block_done(key, plan.nbytes, block_stats.requests,
+                self.meter.block_done(key, full_plan.nbytes, block_stats.requests,
                                       block_stats.retries)
             finally:
                 self.meter.block_dropped(key)
@@ -399,8 +503,39 @@ class BulkDownloader:
             for block in pending:  # shared iterator: each block is taken by one worker
                 await fetch(block)
 
-        n_workers = min(self.blocks_in_flight, len(plans))
-        await run_all([worker for _ in range(n_workers)])
+        async def checkpoints() -> None:
+            noted: dict[int, dict[int, int]] = {}
+            while True:
+                await asyncio.sleep(CHECKPOINT_SECONDS)
+                async with commits:  # never beside a commit (it unmaps the buffer)
+                    # counted before the sync: all of it is synced
+                    changed = {block: (flight, rows) for block, flight in inflight.items()
+                               if (rows := flight.rows())
+                               and rows != noted.get(block, flight.base)}
+                    if not changed:
+                        continue
+
+                    def note(changed: dict[int, tuple[_InFlight, dict[int, int]]] = changed
+                             ) -> None:
+                        for flight, _ in changed.values():
+                            if isinstance(flight.buf, np.memmap):
+                                flight.buf.flush()  # msync: the rows are on disk first
+                        journal.note_rows(config.request_bytes,
+                                          {b: rows for b, (_, rows) in changed.items()})
+
+                    await _in_thread(note)
+                for block, (_, rows) in changed.items():
+                    noted[block] = rows
+
+        n_workers = min(self.blocks_in_flight, todo)
+        checkpointer = asyncio.ensure_future(checkpoints()) if finer and todo else None
+        try:
+            await run_all([worker for _ in range(n_workers)])
+        finally:
+            if checkpointer is not None:
+                checkpointer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await checkpointer
 
     # -- many files -------------------------------------------------------------------
 
@@ -445,3 +580,52 @@ def _check_distinct(targets: Sequence[Target]) -> None:
         if key in seen:
             raise UsageError(f"downloads {seen[key] + 1} and {i + 1} both write {t.output}")
         seen[key] = i
+
+
+
+
+@dataclass
+class _InFlight:
+    """A block being fetched into a ``.npy`` map: which rows of it are in the file."""
+
+    plan: Plan
+    base: dict[int, int]  # rows each request had from an earlier run
+    ledger: Ledger
+    buf: np.ndarray[Any, Any]
+
+    def rows(self) -> dict[int, int]:
+        """Request index -> rows of it (along its row axis) in the output now."""
+        out: dict[int, int] = {}
+        for req in self.plan:
+            axis = req.row_axis
+            full = req.tiles[axis].length if axis is not None else 1
+            before = self.base.get(req.index, 0)
+            if before >= full:
+                out[req.index] = full
+                continue
+            sent = req.skip_rows(before) if before > 0 and axis is not None else req
+            rows = min(full, before + self.ledger.rows(sent))
+            if rows:
+                out[req.index] = rows
+        return out
+
+
+def block_digest(buf: np.ndarray[Any, Any]) -> str:
+    """A checksum of a block's values (CRC-32 of its bytes: fast, and enough to tell a
+    changed remote from the same one)."""
+    data = np.ascontiguousarray(buf).reshape(-1).view(np.uint8)
+    return f"crc32:{zlib.crc32(data.data):08x}"
+
+
+def _region_text(grid: Any, block: int) -> str:
+    return "[" + ", ".join(f"{s.start}:{s.stop}" for s in grid.region(block)) + "]"
+
+
+def _merge(total: DownloadStats, part: DownloadStats) -> None:
+    total.requests += part.requests
+    total.attempts += part.attempts
+    total.retries += part.retries
+    total.bytes += part.bytes
+    total.kept_bytes += part.kept_bytes
+    total.peak_in_flight = max(total.peak_in_flight, part.peak_in_flight)
+    total.errors.extend(part.errors[-10:])

@@ -38,6 +38,10 @@ class Config:
       server before anything is allocated.
     - ``connect_timeout`` / ``read_timeout``: seconds to connect, and the longest silence
       while reading a response (per read, so big downloads are never cut by a total limit).
+    - ``attempt_timeout`` / ``min_rate``: the total deadline of one attempt (headers and
+      the whole body) is ``max(attempt_timeout, expected bytes / min_rate)`` seconds, so a
+      server that trickles a byte now and then (never silent for ``read_timeout``) is cut
+      off, while a large body arriving at ``min_rate`` bytes/s or faster never is.
     - ``adaptive``: lower concurrency on 429/503/timeouts, raise it again on success.
     - ``allow_insecure``: permit credentials over plain http to a non-loopback host.
     - ``trusted_origins``: other origins (``"https://host:port"``) that may receive the
@@ -52,6 +56,8 @@ class Config:
     max_bytes: int = 64 * 1024 * MiB
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
+    attempt_timeout: float = 120.0
+    min_rate: float = 64 * 1024
     adaptive: bool = True
     min_concurrency: int = 2
     allow_insecure: bool = False
@@ -71,6 +77,8 @@ class Config:
         require(self.max_bytes >= 0, "max_bytes must be >= 0")
         require(self.connect_timeout > 0, "connect_timeout must be > 0")
         require(self.read_timeout > 0, "read_timeout must be > 0")
+        require(self.attempt_timeout > 0, "attempt_timeout must be > 0")
+        require(self.min_rate > 0, "min_rate must be > 0 bytes/s")
         require(self.max_redirects >= 0, "max_redirects must be >= 0")
         require(isinstance(self.retry, RetryPolicy), "retry must be a RetryPolicy")
         origins = (self.trusted_origins,) if isinstance(self.trusted_origins, str) \
@@ -101,6 +109,10 @@ class Config:
                     f"{getattr(self, name)}, which every call shares; raise it on the session"
                 )
         return cfg
+
+    def attempt_deadline(self, expected_bytes: int) -> float:
+        """Seconds one attempt expecting ``expected_bytes`` may take, all in all."""
+        return max(self.attempt_timeout, expected_bytes / self.min_rate)
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some options changed (unknown names raise ``UsageError``)."""

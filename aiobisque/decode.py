@@ -9,7 +9,9 @@ an element type compatible with the array's. Then:
   are viewed in place with ``np.frombuffer`` and copied once into the output, converting the
   byte order on the way;
 * chunked, compressed or compact layout (other exporters): a normal h5py read of the
-  (already size-checked) dataset.
+  (already size-checked) dataset, once only the built-in deflate/shuffle/fletcher32
+  filters are found (any other would make HDF5 load a plugin library) and every chunk is
+  known to inflate to no more than its own, bounded, size (:func:`_check_chunks`).
 
 These functions are synchronous and run in a worker thread, off the event loop.
 """
@@ -18,16 +20,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import io
 import math
 import threading
+import zlib
 from typing import Any
 
 import h5py
 import numpy as np
 
-from aiobisque.errors import BodyIncompleteError, ProtocolError
+from aiobisque.errors import BisqueError, BodyIncompleteError, ProtocolError, clean_text
 
 __all__ = [
     "HDF5_SIGNATURE",
@@ -70,6 +74,24 @@ class _MemoryFile(io.RawIOBase):
         target[:n] = piece
         self._pos += n
         return n
+
+
+@contextlib.contextmanager
+def _server_data(where: str) -> Any:
+    """Whatever HDF5 raises about an image the server sent becomes a :class:`ProtocolError`.
+
+    h5py reports damaged metadata as ``KeyError``, ``RuntimeError``, ``ValueError``,
+    ``OSError``, ``TypeError``... never as one of ours; a caller must only ever see the
+    error tree, naming the request (``where``).
+    """
+    try:
+        yield
+    except BisqueError:
+        raise
+    except Exception as exc:
+        detail = clean_text(str(exc).splitlines()[0] if str(exc) else "")[:200]
+        raise ProtocolError(
+            f"{where}: malformed HDF5 image ({type(exc).__name__}: {detail})") from None
 
 
 def _same_type(got: np.dtype[Any], want: np.dtype[Any]) -> bool:
@@ -146,11 +168,98 @@ def _inspect(
     if not _same_type(file_dtype, dtype):
         raise ProtocolError(f"{where}: the server sent type {file_dtype}, expected {dtype}")
     if layout != h5py.h5d.CONTIGUOUS:
+        _check_filters(dcpl, where)
         return ds, file_dtype, None
     offset = ds.id.get_offset()
     if offset is not None and ds.id.get_storage_size() != math.prod(shape) * file_dtype.itemsize:
         raise ProtocolError(f"{where}: dataset storage size does not match its shape")
     return ds, file_dtype, offset
+
+
+#: Filters a server's image may use: HDF5's built-in deflate, shuffle and fletcher32.
+SAFE_FILTERS = {h5py.h5z.FILTER_DEFLATE: "deflate", h5py.h5z.FILTER_SHUFFLE: "shuffle",
+                h5py.h5z.FILTER_FLETCHER32: "fletcher32"}
+
+
+def _check_filters(dcpl: Any, where: str) -> None:
+    """Refuse any filter but :data:`SAFE_FILTERS`, before a single chunk is read.
+
+    HDF5 looks for a filter it does not know in its plugin path (``HDF5_PLUGIN_PATH``)
+    and runs the code of the shared library it finds there; that lookup happens when the
+    first chunk is decoded, not when the image is opened, so this check comes in time.
+    """
+    for i in range(dcpl.get_nfilters()):
+        code, _, _, name = dcpl.get_filter(i)
+        if code not in SAFE_FILTERS:
+            shown = clean_text(name.decode("utf-8", "replace") if isinstance(name, bytes)
+                               else name)[:60]
+            raise ProtocolError(
+                f"{where}: the image uses HDF5 filter {code} ({shown!r}); only "
+                f"{', '.join(SAFE_FILTERS.values())} are accepted from a server (HDF5 "
+                "would load a plugin library for any other)")
+
+
+#: A chunk may hold this much even when the planned data is smaller (edge chunks).
+_MIN_CHUNK_ALLOWANCE = 64 * 1024
+
+
+def _check_chunks(ds: h5py.Dataset, view: memoryview, nbytes: int, where: str) -> None:
+    """Bound what a chunked image may decompress to, before HDF5 decompresses anything.
+
+    HDF5's deflate filter grows its output buffer until the stream ends, so a chunk of a
+    few megabytes that inflates a thousandfold would take gigabytes. Here every chunk's
+    shape must be no larger than the planned data (plus a small allowance), the chunks
+    must lie inside the body and cover the dataset at most once, and each deflate stream
+    is inflated, piece by piece into a buffer of one chunk at most, to check that it ends
+    within its chunk's size. Only then does HDF5 read the data, which is then bounded by
+    the chunk sizes.
+    """
+    dsid = ds.id
+    dcpl = dsid.get_create_plist()
+    chunk_shape = dcpl.get_chunk()
+    itemsize = ds.dtype.itemsize
+    chunk_bytes = math.prod(chunk_shape) * itemsize
+    limit = max(nbytes, _MIN_CHUNK_ALLOWANCE)
+    if not chunk_shape or min(chunk_shape) < 1 or chunk_bytes > limit:
+        raise ProtocolError(
+            f"{where}: the image's chunks of shape {tuple(chunk_shape)} ({chunk_bytes:,} "
+            f"bytes) are larger than the {nbytes:,} bytes planned")
+    covering = math.prod(-(-n // c) for n, c in zip(ds.shape, chunk_shape, strict=True))
+    count = dsid.get_num_chunks()
+    if count > covering:
+        raise ProtocolError(f"{where}: the image has {count:,} chunks, at most {covering:,} "
+                            "fit its shape")
+    pipeline = [dcpl.get_filter(i)[0] for i in range(dcpl.get_nfilters())]
+    for index in range(count):
+        info = dsid.get_chunk_info(index)
+        start, size = info.byte_offset, info.size
+        if start is None or start < 0 or size < 0 or start + size > len(view):
+            raise BodyIncompleteError(f"{where}: chunk {index} lies beyond the body's end")
+        data: bytes | memoryview = view[start : start + size]
+        # undo the filters last to first, skipping those the chunk's mask says were skipped
+        for position in reversed(range(len(pipeline))):
+            if info.filter_mask & (1 << position):
+                continue
+            code = pipeline[position]
+            if code == h5py.h5z.FILTER_FLETCHER32:
+                data = data[:-4]  # its checksum; HDF5 verifies it
+            elif code == h5py.h5z.FILTER_DEFLATE:
+                data = _bounded_inflate(data, chunk_bytes, f"{where}: chunk {index}")
+    # shuffle keeps the size; every other filter was refused by _check_filters
+
+
+def _bounded_inflate(data: bytes | memoryview, limit: int, where: str) -> bytes:
+    """``data`` inflated (zlib), refusing a stream that inflates beyond ``limit`` bytes."""
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise ProtocolError(f"{where}: damaged deflate stream ({exc})") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise ProtocolError(
+            f"{where}: a compressed chunk inflates beyond its {limit:,} bytes "
+            "(a decompression bomb?)")
+    return out
 
 
 def _open(source: io.RawIOBase, where: str) -> h5py.File:
@@ -174,6 +283,20 @@ def decode_into(
     ``dest`` must have the shape of ``chunk[chunk_sel]``. Raises :class:`ProtocolError` for a
     body the protocol does not allow and :class:`BodyIncompleteError` for one cut short.
     """
+    with _server_data(where):
+        _decode_into(body, shape=shape, dtype=dtype, dest=dest, chunk_sel=chunk_sel,
+                     where=where)
+
+
+def _decode_into(
+    body: bytes | bytearray | memoryview,
+    *,
+    shape: tuple[int, ...],
+    dtype: np.dtype[Any],
+    dest: np.ndarray[Any, Any],
+    chunk_sel: tuple[slice, ...],
+    where: str,
+) -> None:
     view = memoryview(body).cast("B")
     _signature(view, where)
     with _open(_MemoryFile(view), where) as f:
@@ -188,6 +311,8 @@ def decode_into(
             chunk = np.frombuffer(view, dtype=file_dtype, count=math.prod(shape), offset=offset)
             chunk = chunk.reshape(shape)
         else:
+            if ds.id.get_create_plist().get_layout() == h5py.h5d.CHUNKED:
+                _check_chunks(ds, view, nbytes, where)
             try:
                 chunk = np.asarray(ds[()], dtype=file_dtype).reshape(shape)
             except (OSError, ValueError, RuntimeError) as exc:
@@ -375,6 +500,18 @@ class StreamDecoder:
             self.tail += view[max(at, hi) - at :]
 
     @property
+    def landed(self) -> int:
+        """Payload bytes already copied into the output, as one prefix of the data.
+
+        Only a body streamed straight into the output (direct mode) lands as a prefix, and
+        only one without a checksum header counts (a prefix cannot be checked against an
+        MD5 of the whole body): otherwise 0.
+        """
+        if self.mode != "direct" or self._md5_header:
+            return 0
+        return max(0, min(self.received - self.offset, self.nbytes))
+
+    @property
     def heavy(self) -> bool:
         """Whether :meth:`finish` has real work to do (worth a worker thread)."""
         return self.mode != "direct" or not self._metadata_known()
@@ -387,6 +524,10 @@ class StreamDecoder:
 
     def finish(self) -> None:
         """Check the whole body and complete the output (may run in a worker thread)."""
+        with _server_data(self.where):
+            self._finish()
+
+    def _finish(self) -> None:
         if self._md5 is not None:
             _compare_md5(self._md5.digest(), self._md5_header, self.where)
         if self.mode == "probe" and self.length is not None:

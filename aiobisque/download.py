@@ -25,10 +25,35 @@ from aiobisque.plan import Plan, Request
 from aiobisque.progress import DownloadStats, Progress, ProgressCallback
 from aiobisque.retry import RetryBudget, is_permanent, retrying, why_stopped
 
-__all__ = ["run_all", "run_plan"]
+__all__ = ["Ledger", "run_all", "run_plan"]
 
 #: Room allowed for an HDF5 image's metadata around the payload it carries.
 _HEADER_ALLOWANCE = 1024 * 1024
+
+
+class Ledger:
+    """Which rows of each request of a plan are in the output already (event loop only).
+
+    A request's data lands as a prefix of its rows (see :attr:`Request.row_axis
+    <aiobisque.plan.Request.row_axis>`): whole for a finished request, in part for one
+    whose body is still arriving or was cut. The bulk downloader reads this to journal a
+    block's progress at a finer grain than whole requests.
+    """
+
+    def __init__(self) -> None:
+        self.done: set[int] = set()
+        self._live: dict[int, Callable[[], int]] = {}
+
+    def rows(self, req: Request) -> int:
+        """Rows of ``req`` (along its row axis; 1 for a single element) in the output."""
+        axis = req.row_axis
+        full = req.tiles[axis].length if axis is not None else 1
+        if req.index in self.done:
+            return full
+        live = self._live.get(req.index)
+        if live is None or axis is None:
+            return 0
+        return min(full, live() // req.row_bytes())
 
 
 class _Tracker:
@@ -67,8 +92,12 @@ async def run_plan(
     where: str,
     progress: ProgressCallback | None = None,
     stats: DownloadStats | None = None,
+    ledger: Ledger | None = None,
 ) -> DownloadStats:
-    """Fill ``out_core`` (shaped like the selection's core) with every request of ``plan``."""
+    """Fill ``out_core`` (shaped like the selection's core) with every request of ``plan``.
+
+    ``ledger``, when given, is kept up to date with the rows of each request in the output.
+    """
     stats = stats if stats is not None else DownloadStats()
     stats.requests = len(plan)
     stats.complete = False
@@ -82,9 +111,14 @@ async def run_plan(
                   if config.inflight_bytes < transport.bytes.capacity else None)
 
     async def fetch(req: Request) -> None:
-        url = url_for(req)
         what = f"{where} {req}"
         received = 0  # progress credited to this request: payload bytes, header excluded
+        kept = 0  # payload bytes of req already in the output, from bodies cut short
+        current = req  # what the next attempt asks for: req without the rows that arrived
+        decoder: StreamDecoder | None = None
+        if ledger is not None:
+            # bytes of req in the output: what cut bodies left, plus the body arriving
+            ledger._live[req.index] = lambda: kept + (decoder.landed if decoder else 0)
 
         def on_bytes(n: int) -> None:
             nonlocal received
@@ -95,9 +129,22 @@ async def run_plan(
             tracker.report()
 
         def on_retry(exc: BisqueError, attempt: int, delay: float) -> None:
-            nonlocal received
-            tracker.done_bytes -= received  # roll the progress back
-            received = 0
+            nonlocal received, kept, current
+            # a body cut short streamed a prefix of its rows into the output: the retry
+            # asks only for the rows still missing (a smaller range)
+            rows = 0
+            axis = current.row_axis
+            if decoder is not None and axis is not None and decoder.length is not None \
+                    and decoder.received < decoder.length:
+                rows = decoder.landed // current.row_bytes()
+                if rows >= current.tiles[axis].length:
+                    rows = 0  # all data there, the body's tail missing: ask again
+            if rows:
+                kept += rows * current.row_bytes()
+                stats.kept_bytes += rows * current.row_bytes()
+                current = current.skip_rows(rows)
+            tracker.done_bytes -= received - kept  # roll back all but what was kept
+            received = kept
             stats.retries += 1
             stats.errors.append(f"{req}: {exc}")
             tracker.report(force=True)
@@ -105,24 +152,26 @@ async def run_plan(
         attempts = 0
 
         async def attempt() -> None:
-            nonlocal attempts
+            nonlocal attempts, decoder
             attempts += 1
             stats.attempts += 1  # a retried attempt's progress was rolled back in on_retry
+            sent = current
             # a call may hold fewer bytes than the session allows all calls together
-            held_call = await call_bytes.acquire(req.nbytes) if call_bytes else 0
-            held = await transport.bytes.acquire(req.nbytes)
+            held_call = await call_bytes.acquire(sent.nbytes) if call_bytes else 0
+            held = await transport.bytes.acquire(sent.nbytes)
             try:
-                view_index: tuple[Any, ...] = (*req.out_sel, Ellipsis)  # a view, even 0-d
-                decoder = StreamDecoder(shape=req.chunk_shape, dtype=dtype,
-                                        dest=out_core[view_index], chunk_sel=req.chunk_sel,
+                view_index: tuple[Any, ...] = (*sent.out_sel, Ellipsis)  # a view, even 0-d
+                decoder = StreamDecoder(shape=sent.chunk_shape, dtype=dtype,
+                                        dest=out_core[view_index], chunk_sel=sent.chunk_sel,
                                         where=what, verify_checksum=config.verify_checksum)
                 await transport.get(
-                    url,
+                    url_for(sent),
                     what=what,
-                    max_body=req.nbytes + _HEADER_ALLOWANCE,
+                    max_body=sent.nbytes + _HEADER_ALLOWANCE,
                     sink=decoder,
                     on_bytes=on_bytes,
                     config=config,
+                    expected_bytes=sent.nbytes,
                 )
                 if not decoder.heavy:
                     decoder.finish()  # streamed, metadata known: nothing left worth a thread
@@ -151,6 +200,10 @@ async def run_plan(
                 f"{what} failed after {attempts} attempt(s){why}; last error: {last}",
                 url=exc.url, status=exc.status, request=req.range_text, attempts=attempts,
             ) from exc
+        decoder = None
+        if ledger is not None:
+            ledger.done.add(req.index)
+            ledger._live.pop(req.index, None)
         tracker.done_requests += 1
         tracker.report()
 

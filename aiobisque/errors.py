@@ -34,6 +34,7 @@ are always rendered without userinfo and no header is ever included.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 __all__ = [
@@ -59,7 +60,29 @@ __all__ = [
     "UploadUncertainError",
     "UnsupportedError",
     "UsageError",
-]
+]  # clean_text is a helper, importable but not an error of the tree
+
+# C0 and C1 control characters, DEL, and the Unicode bidi overrides/isolates (which can make
+# a terminal show text in another order than it is)
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def clean_text(text: object) -> str:
+    """``text`` safe to print on a terminal: control characters shown as escapes.
+
+    Anything a server sent (an error body, ``meta``, a group's names) goes through here
+    before it reaches a message or the command line, so an ANSI escape sequence in it is
+    shown as ``\\x1b[...`` instead of being obeyed by the terminal.
+
+    >>> clean_text("red \\x1b[31mtext\\nnext")
+    'red \\\\x1b[31mtext\\\\x0anext'
+    """
+    return _CONTROL_RE.sub(_escape, str(text))
 
 
 class BisqueError(Exception):

@@ -43,6 +43,7 @@ from aiobisque.errors import (
     ServerError,
     TransportError,
     UsageError,
+    clean_text,
 )
 from aiobisque.protocol import redact_url
 from aiobisque.retry import is_congestion
@@ -212,8 +213,15 @@ def _translate(exc: BaseException, url: str, what: str) -> BisqueError:
         return UsageError(f"{what}: invalid URL {safe}")
     if isinstance(exc, aiohttp.TooManyRedirects):
         return ProtocolError(f"{what}: too many redirects", url=safe)
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # aiohttp's parser refused the response head (its str() names the URL unredacted,
+        # its request_info the request's headers): only the parser's first line is kept
+        detail = clean_text(str(exc.message).splitlines()[0] if exc.message else "")[:200]
+        return ProtocolError(f"{what}: malformed HTTP response from the server ({detail})",
+                             url=safe)
     if isinstance(exc, (aiohttp.ClientError, OSError)):
-        return TransportError(f"{what}: connection lost ({type(exc).__name__}: {exc})",
+        detail = clean_text(str(exc).splitlines()[0] if str(exc) else "")[:200]
+        return TransportError(f"{what}: connection lost ({type(exc).__name__}: {detail})",
                               url=safe)
     return TransportError(f"{what}: {type(exc).__name__}", url=safe)
 
@@ -289,23 +297,33 @@ class Transport:
         sink: BodySink,
         on_bytes: Callable[[int], None] | None = None,
         config: Config | None = None,
+        expected_bytes: int = 0,
     ) -> Response:
-        """One attempt: GET ``url`` under a limiter slot, the whole body into ``sink``."""
+        """One attempt: GET ``url`` under a limiter slot, the whole body into ``sink``.
+
+        The attempt (from sending the request to the body's last byte, not counting the
+        wait for a slot) has :meth:`Config.attempt_deadline` seconds for the
+        ``expected_bytes`` it should bring.
+        """
         cfg = config or self.config
         await self.limiter.acquire()
         outcome = "error"
+        failure: BisqueError
+        deadline = cfg.attempt_deadline(expected_bytes)
+        clock = asyncio.timeout(deadline)
         try:
-            resp = await self._get_following_redirects(url, what, cfg)
-            outcome = "congested" if resp.status in (429, 503) else "error"
-            try:
-                if resp.status != 200:
-                    detail = await _short_text(resp)
-                    raise status_error(resp.status, url, what, detail,
-                                       resp.headers.get("Retry-After"))
-                await _read_body(resp, max_body, sink, on_bytes, what, url)
-                result = Response(str(resp.url), resp.headers)
-            finally:
-                resp.release()
+            async with clock:
+                resp = await self._get_following_redirects(url, what, cfg)
+                outcome = "congested" if resp.status in (429, 503) else "error"
+                try:
+                    if resp.status != 200:
+                        detail = await _short_text(resp)
+                        raise status_error(resp.status, url, what, detail,
+                                           resp.headers.get("Retry-After"))
+                    await _read_body(resp, max_body, sink, on_bytes, what, url)
+                    result = Response(str(resp.url), resp.headers)
+                finally:
+                    resp.release()
             outcome = "ok"
             return result
         except BisqueError as exc:
@@ -314,13 +332,25 @@ class Transport:
             raise
         except asyncio.CancelledError:
             raise
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            err = _translate(exc, url, what)
-            if is_congestion(err):
+        except TimeoutError as exc:  # the attempt's deadline, or a read or connect timeout
+            outcome = "congested"
+            if not clock.expired():
+                failure = _translate(exc, url, what)
+            else:
+                failure = DownloadTimeoutError(
+                    f"{what}: no complete response within the {deadline:.0f} s deadline of "
+                    f"one attempt ({cfg.min_rate / 1024:.0f} KiB/s at least, for "
+                    f"{expected_bytes:,} bytes; see attempt_timeout and min_rate)",
+                    url=redact_url(url))
+        except (aiohttp.ClientError, OSError) as exc:
+            failure = _translate(exc, url, what)
+            if is_congestion(failure):
                 outcome = "congested"
-            raise err from exc
         finally:
             self.limiter.release(outcome)
+        # raised outside the handler, so neither __cause__ nor __context__ keeps the aiohttp
+        # exception: its request_info holds the request's headers, Authorization included
+        raise failure
 
     async def _get_following_redirects(
         self, url: str, what: str, cfg: Config
@@ -342,11 +372,9 @@ class Transport:
                 timeout=timeout,
             )
             if resp.status in _REDIRECTS and "Location" in resp.headers:
-                target = urljoin(current, resp.headers["Location"])
+                location = resp.headers["Location"]
                 resp.release()
-                if urlsplit(target).scheme not in ("http", "https"):
-                    raise ProtocolError(f"{what}: redirect to a non-HTTP URL", url=redact_url(url))
-                current = target
+                current = _redirect_target(current, location, what, url)
                 continue
             return resp
         raise ProtocolError(f"{what}: more than {cfg.max_redirects} redirects",
@@ -401,6 +429,27 @@ class Transport:
             raise _translate(exc, url, what) from exc
 
 
+def _redirect_target(current: str, location: str, what: str, url: str) -> str:
+    """Where a redirect's ``Location`` points; :class:`ProtocolError` for anything but a
+    well-formed http(s) URL (a backslash, a bad port or host would otherwise surface as a
+    raw ``ValueError`` from the URL parsers)."""
+    shown = clean_text(location[:100])
+    try:
+        if any(c in location for c in "\\ ") or clean_text(location) != location:
+            raise ValueError("backslash, space or control character")
+        target = urljoin(current, location)
+        parts = urlsplit(target)
+        _ = parts.port  # raises ValueError for a port that is not a number in range
+        URL(target, encoded=True)
+    except ValueError as exc:
+        raise ProtocolError(f"{what}: redirect to a malformed URL {shown!r} ({exc})",
+                            url=redact_url(url)) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ProtocolError(f"{what}: redirect to a non-HTTP URL {shown!r}",
+                            url=redact_url(url))
+    return target
+
+
 async def _short_text(resp: aiohttp.ClientResponse) -> str:
     """The first line of an error body, for messages (bounded read, never a credential)."""
     try:
@@ -410,7 +459,7 @@ async def _short_text(resp: aiohttp.ClientResponse) -> str:
     text = raw.decode("utf-8", "replace").strip()
     if text.lstrip().startswith("<"):
         return ""  # an HTML page says nothing useful in a one-line message
-    return text.splitlines()[0][:200] if text else ""
+    return clean_text(text.splitlines()[0][:200]) if text else ""  # never a terminal escape
 
 
 async def _read_body(

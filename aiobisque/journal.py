@@ -2,7 +2,8 @@
 
 ``FILE.part.journal`` sits beside ``FILE.part``. It is JSON lines: the first line describes
 the download (remote root, uniq, path, selection, shapes, dtype, block grid), each later
-line names one block whose data is already durable in ``FILE.part``. Every line is fsync'd
+line names one block whose data is already durable in ``FILE.part`` (or, for a block in
+flight, how many rows of each of its requests are). Every line is fsync'd
 before the next block is counted, so after a crash, Ctrl-C or ``kill -9`` the journal never
 claims more than the file holds. A last line cut short by the crash is ignored.
 
@@ -47,6 +48,11 @@ class Journal:
         self._fd = fd
         self.header: dict[str, Any] | None = None
         self.done: set[int] = set()
+        #: checksums recorded with some blocks (block -> text), to re-check on resume
+        self.digests: dict[int, str] = {}
+        #: blocks not done but partly in the output: block -> (request_bytes of the plan,
+        #: {request index: rows of it in the output})
+        self.partial: dict[int, tuple[int, dict[int, int]]] = {}
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, create: bool = True) -> Journal:
@@ -99,16 +105,26 @@ class Journal:
             if not isinstance(header, dict) or header.get(_MAGIC) != _VERSION:
                 raise ValueError("not an aiobisque journal")
             done = set()
+            digests: dict[int, str] = {}
+            partial: dict[int, tuple[int, dict[int, int]]] = {}
             for line in lines[1:]:
                 entry = json.loads(line)
+                if "part" in entry:  # a block's progress, finer than whole requests
+                    rows = {int(k): int(v) for k, v in dict(entry["rows"]).items()}
+                    partial[int(entry["part"])] = (int(entry["rb"]), rows)
+                    continue
                 block = entry["block"]
                 if not isinstance(block, int) or not 0 <= block < header["blocks"]:
                     raise ValueError(f"block {block!r} out of range")
                 done.add(block)
+                if isinstance(entry.get("crc"), str):
+                    digests[block] = entry["crc"]
         except (ValueError, KeyError, TypeError) as exc:
             raise JournalError(f"{self.path} is damaged: {exc}") from None
         self.header = header
         self.done = done
+        self.digests = digests
+        self.partial = {b: p for b, p in partial.items() if b not in done}
         return header
 
     def start(self, header: dict[str, Any]) -> None:
@@ -116,17 +132,43 @@ class Journal:
         os.ftruncate(self._fd, 0)
         self.header = dict(header)
         self.done = set()
+        self.digests = {}
+        self.partial = {}
         self._append({_MAGIC: _VERSION, **header})
 
-    def mark(self, block: int) -> None:
-        """Record that ``block`` is durable in the output (call after syncing the output)."""
-        self._append({"block": block})
+    def mark(self, block: int, digest: str | None = None) -> None:
+        """Record that ``block`` is durable in the output (call after syncing the output).
+
+        ``digest``, when given, is a checksum of the block's data, kept so that a resume
+        can fetch the block again and tell whether the remote still holds the same values.
+        """
+        entry: dict[str, Any] = {"block": block}
+        if digest is not None:
+            entry["crc"] = digest
+        self._append(entry)
         self.done.add(block)
+        self.partial.pop(block, None)
+        if digest is not None:
+            self.digests[block] = digest
+
+    def note_rows(self, request_bytes: int, blocks: dict[int, dict[int, int]]) -> None:
+        """Record, for each ``block``, that the first ``rows[i]`` rows of request ``i`` of
+        its plan (made with ``request_bytes``) are durable in the output (call after
+        syncing them). One write and one fsync for all of them."""
+        entries = [{"part": block, "rb": request_bytes,
+                    "rows": {str(i): n for i, n in sorted(rows.items())}}
+                   for block, rows in sorted(blocks.items())]
+        self._append_all(entries)
+        for block, rows in blocks.items():
+            self.partial[block] = (request_bytes, dict(rows))
 
     def _append(self, entry: dict[str, Any]) -> None:
-        line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
+        self._append_all([entry])
+
+    def _append_all(self, entries: list[dict[str, Any]]) -> None:
+        text = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in entries)
         end = os.fstat(self._fd).st_size
-        os.pwrite(self._fd, line, end)
+        os.pwrite(self._fd, text.encode(), end)
         os.fsync(self._fd)
 
     def close(self) -> None:

@@ -285,14 +285,40 @@ def chunk_grid(shape: tuple[int, ...], itemsize: int,
     return BlockGrid.fit(shape, itemsize, chunk_bytes)
 
 
+def _write_error(exc: BaseException, part: Path) -> OSError:
+    """What HDF5 raised while writing ``part``, as a clear ``OSError`` ("no space left").
+
+    HDF5 reports a failed ``write(2)`` as a ``RuntimeError``/``OSError`` whose text holds
+    the errno; a full disk must read as one, with what to do about it.
+    """
+    text = str(exc)
+    if getattr(exc, "errno", None) == errno.ENOSPC or "errno = 28" in text \
+            or "No space left" in text:
+        return OSError(errno.ENOSPC, "no space left on the device while writing "
+                       f"{part}; free some space and rerun the same command to resume",
+                       str(part))
+    if getattr(exc, "errno", None) == errno.EDQUOT or "errno = 122" in text:
+        return OSError(errno.EDQUOT, f"disk quota exceeded while writing {part}", str(part))
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return OSError(errno.EIO, f"cannot write {part}: {first}", str(part))
+
+
 class Hdf5Output(Output):
-    """One dataset of an HDF5 file; each block is written into it as it completes."""
+    """One dataset of an HDF5 file; each block is written into it as it completes.
+
+    The file is opened without a chunk cache, so a block's chunks are written to the file
+    by the write call itself and a failed ``write(2)`` (a full disk) is raised there, not
+    later when HDF5 evicts or closes something and can only print the error. Every
+    commit flushes and fsyncs before the journal may count the block, and :meth:`finish`
+    closes the file (raising) before it renames it.
+    """
 
     def __init__(self, part: Path, dataset: str, shape: tuple[int, ...], dtype: np.dtype[Any],
                  file: h5py.File):
         super().__init__(part, shape, dtype)
         self.dataset = dataset
         self._file: h5py.File | None = file
+        self._node: h5py.Dataset | None = None  # kept open: see commit
 
     @classmethod
     def create(
@@ -311,7 +337,7 @@ class Hdf5Output(Output):
                              f"got {compression!r}")
         grid = chunk_grid(shape, dtype.itemsize, chunk_bytes)
         chunks = grid.block_shape(0) if grid is not None else None
-        file = h5py.File(part, "w")
+        file = h5py.File(part, "w", rdcc_nbytes=0)
         try:
             ds = file.create_dataset(
                 dataset, shape=shape, dtype=dtype, chunks=chunks,
@@ -320,8 +346,11 @@ class Hdf5Output(Output):
             for key, value in (attrs or {}).items():
                 ds.attrs[key] = value
             file.flush()
-        except BaseException:
-            file.close()
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                file.close()
+            if isinstance(exc, Exception) and not isinstance(exc, UsageError):
+                raise _write_error(exc, part) from None
             raise
         return cls(part, dataset, shape, dtype, file)
 
@@ -329,7 +358,7 @@ class Hdf5Output(Output):
     def reopen(cls, part: Path, dataset: str, shape: tuple[int, ...],
                dtype: np.dtype[Any]) -> Hdf5Output:
         """Continue a ``.part`` file (raises :class:`OSError` if it cannot be used)."""
-        file = h5py.File(part, "r+")
+        file = h5py.File(part, "r+", rdcc_nbytes=0)
         out = cls(part, dataset, shape, dtype, file)
         try:
             out.verify()
@@ -348,11 +377,32 @@ class Hdf5Output(Output):
         return np.empty(grid.block_shape(block), dtype=self.dtype)
 
     def commit(self, grid: BlockGrid, block: int, buf: np.ndarray[Any, Any]) -> None:
-        self.file[self.dataset][grid.region(block)] = buf
-        self.file.flush()
-        handle = self.file.id.get_vfd_handle()
-        if isinstance(handle, int):
-            os.fsync(handle)
+        # one Dataset object for the file's lifetime: a temporary one would be closed by
+        # its garbage collection, where h5py can only print an error of HDF5's, not raise it
+        try:
+            if self._node is None:
+                self._node = self.file[self.dataset]
+            self._node[grid.region(block)] = buf
+            self.file.flush()
+            handle = self.file.id.get_vfd_handle()
+            if isinstance(handle, int):
+                os.fsync(handle)
+        except Exception as exc:
+            raise _write_error(exc, self.part) from None
+
+    def finish(self, final: Path) -> None:
+        """Close the file, raising what a last write failed with, then rename it."""
+        self.verify()
+        file, self._file, self._node = self._file, None, None
+        try:
+            if file is not None:
+                file.flush()
+                file.close()
+        except Exception as exc:
+            raise _write_error(exc, self.part) from None
+        _fsync_path(self.part)
+        os.replace(self.part, final)
+        _fsync_dir(final.parent)
 
     def verify(self) -> None:
         node = self.file.get(self.dataset)
@@ -363,6 +413,7 @@ class Hdf5Output(Output):
                           f"expected {self.shape} {self.dtype}")
 
     def close(self) -> None:
+        self._node = None
         if self._file is not None:
             with contextlib.suppress(Exception):
                 self._file.close()

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from aiobisque.selection import DimSelection, Selection
 
-__all__ = ["DimTile", "Plan", "Request", "make_plan", "format_range"]
+__all__ = ["DimTile", "Plan", "Request", "ResumedPlan", "make_plan", "format_range"]
 
 #: Cost, in bytes, charged per request when choosing how to fetch strided dimensions.
 DEFAULT_REQUEST_OVERHEAD = 256 * 1024
@@ -88,6 +88,36 @@ class Request:
 
     def __str__(self) -> str:
         return f"request #{self.index} [{self.range_text}]"
+
+    @property
+    def row_axis(self) -> int | None:
+        """The slowest axis longer than one: a body's data arrives as whole rows of it.
+
+        ``None`` for a single element, or when that axis is strided or flipped (its rows
+        do not land as a prefix of the output).
+        """
+        for axis, tile in enumerate(self.tiles):
+            if tile.length > 1:
+                return axis if tile.chunk_sel == slice(None) else None
+        return None
+
+    def row_bytes(self) -> int:
+        """Payload bytes of one row along :attr:`row_axis`."""
+        axis = self.row_axis
+        assert axis is not None
+        return math.prod(self.chunk_shape[axis + 1:]) * self.itemsize
+
+    def skip_rows(self, rows: int) -> Request:
+        """This request without its first ``rows`` rows along :attr:`row_axis` (those have
+        arrived): a smaller range, landing further into the output."""
+        axis = self.row_axis
+        assert axis is not None and 0 < rows < self.tiles[axis].length
+        tile = self.tiles[axis]
+        out = tile.out_sel
+        start = (out.start or 0) + rows
+        narrowed = DimTile(tile.lo + rows, tile.hi, tile.chunk_sel, slice(start, out.stop))
+        return Request(self.index, (*self.tiles[:axis], narrowed, *self.tiles[axis + 1:]),
+                       self.itemsize)
 
 
 def _dim_tiles(d: DimSelection, box: int) -> tuple[DimTile, ...]:
@@ -168,6 +198,34 @@ class Plan:
     @property
     def out_nbytes(self) -> int:
         return self.selection.size * self.itemsize
+
+
+@dataclass(frozen=True)
+class ResumedPlan(Plan):
+    """A plan of which the first rows of some requests are in the output already.
+
+    ``landed`` maps a request's index to the rows (along its :attr:`Request.row_axis`;
+    1 for a single element) that need not be fetched again: a request with all of them
+    is left out, one with some is narrowed to the rest (:meth:`Request.skip_rows`).
+    """
+
+    landed: Mapping[int, int] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[Request]:
+        for req in super().__iter__():
+            rows = self.landed.get(req.index, 0)
+            axis = req.row_axis
+            full = req.tiles[axis].length if axis is not None else 1
+            if rows >= full:
+                continue
+            yield req.skip_rows(rows) if rows > 0 and axis is not None else req
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(r.nbytes for r in self)
 
 
 def make_plan(

@@ -53,6 +53,7 @@ class DownloadStats:
     out_bytes: int = 0  # bytes of the result
     seconds: float = 0.0
     peak_in_flight: int = 0
+    kept_bytes: int = 0  # payload of bodies cut short that was kept, not fetched again
     complete: bool = False  # every request landed in the output
     errors: list[str] = field(default_factory=list)  # one line per retried error
 

@@ -38,6 +38,7 @@ __all__ = [
     "ArrayInfo",
     "parse_info",
     "parse_login_providers",
+    "parse_resource_ts",
     "parse_services",
     "parse_session_user",
     "parse_uniq",
@@ -297,6 +298,10 @@ class ArrayInfo:
 
 # numpy names flexible types by their size in bits: bytes64 is S8, str256 is U8, void32 V4
 _FLEXIBLE_RE = re.compile(r"(bytes|str|void)(\d+)")
+#: Largest element accepted (a record of many columns, a long string; never gigabytes).
+_MAX_ITEMSIZE = 1 << 24
+#: Largest element count of any array, even an empty one: numpy's own limit is 2**63 bytes.
+_MAX_ELEMENTS = 1 << 56
 
 
 #: PyTables column types with a fixed numpy type of another name
@@ -327,10 +332,13 @@ def _dtype(name: Any, where: str, url: str) -> np.dtype[Any]:
         text = f"{ {'bytes': 'S', 'str': 'U', 'void': 'V'}[kind]}{int(bits) // per_char}"
     try:
         dt = np.dtype(text)
-    except TypeError:
+    except Exception:  # TypeError, ValueError, SyntaxError ("(2,3"), MemoryError...
         raise ProtocolError(f"unknown element type {name!r} in {where}", url=url) from None
     if dt.hasobject:
         raise ProtocolError(f"object element type {name!r} in {where}", url=url)
+    if not 0 < dt.itemsize <= _MAX_ITEMSIZE:
+        raise ProtocolError(f"element type {name!r} in {where} has an impossible size of "
+                            f"{dt.itemsize:,} bytes", url=url)
     return dt.newbyteorder("=") if dt.byteorder not in ("|", "=") else dt
 
 
@@ -341,7 +349,7 @@ def parse_info(
     where = f"info of {uniq}/{path}"
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested absurdly deep
         head = body[:80] if isinstance(body, str) else body[:80].decode("utf-8", "replace")
         raise ProtocolError(
             f"{where} is not JSON; it starts with {head!r} (a login page or proxy error?)",
@@ -350,7 +358,8 @@ def parse_info(
     if not isinstance(doc, dict):
         raise ProtocolError(f"{where} is not a JSON object", url=url)
     children: list[tuple[str, str]] = []
-    for g in doc.get("group") or []:
+    groups = doc.get("group")
+    for g in groups if isinstance(groups, list) else []:
         if isinstance(g, dict) and isinstance(g.get("path"), str):
             children.append((g["path"], str(g.get("type", ""))))
     meta = doc.get("meta") or {}
@@ -391,7 +400,7 @@ def parse_info(
             dtype = np.dtype(
                 [(h, _column_dtype(t, where, url)) for h, t in zip(headers, types, strict=True)]
             )
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise ProtocolError(f"{where} has unusable table columns: {exc}", url=url) from None
         # PyTables tables are 1-D arrays of records; sizes is [rows, columns]
         shape: tuple[int, ...] = (sizes[0],) if sizes else (0,)
@@ -409,6 +418,9 @@ def parse_info(
             f"max_bytes={max_bytes:,}; raise max_bytes if this is really intended",
             url=url,
         )
+    if math.prod(max(1, s) for s in shape) > _MAX_ELEMENTS:
+        # an empty array can still not have dimensions that numpy cannot even index
+        raise ProtocolError(f"{where} has impossible sizes {sizes!r}", url=url)
     # the "group" list of an array's info names the array itself: children are for groups
     return ArrayInfo(
         uniq,
@@ -438,3 +450,17 @@ def not_an_array(info: ArrayInfo) -> BisqueError:
     listing = ", ".join(inside[:20]) + (" ..." if len(inside) > 20 else "")
     hint = f"; arrays inside: {listing}" if inside else "; it holds no arrays"
     return NotFoundError(f"{info.uniq}/{info.path} is a group, not an array{hint}")
+
+
+def parse_resource_ts(text: str | bytes, url: str) -> str | None:
+    """The modification time (``ts``) of a ``data_service/{uniq}`` resource document.
+
+    BisQue answers the resource as the document's root element (``<image ts="...">``,
+    ``<table ts="...">``), or inside a ``<resource>`` wrapper. ``None`` when it names none.
+    """
+    doc = _xml(text, "the resource document", url)
+    for element in (doc, *list(doc)[:1]):
+        ts = element.get("ts")
+        if ts:
+            return ts[:100]
+    return None

@@ -103,11 +103,14 @@ class Courses:
     def _dataset(target: Target, arr: RemoteArray) -> str:
         return target.dataset or split_path(arr.info.path)[-1]
 
-    def prepare(self, target: Target, arr: RemoteArray) -> Course:
+    def prepare(self, target: Target, arr: RemoteArray,
+                version: dict[str, Any] | None = None) -> Course:
         """Decide between skip, resume and a fresh start (blocking).
 
         Files are only created once every check has passed: a bad selection or an output
-        that holds something else leaves the folder as it was.
+        that holds something else leaves the folder as it was. ``version`` identifies the
+        remote's current version (``{"ts": ...}`` from the data service, when known): it
+        is recorded in a new journal, and a ``.part`` file of another version is refused.
         """
         out = target.output
         part = sibling(out, ".part")
@@ -119,7 +122,7 @@ class Courses:
             if not self.restart and out.exists() and not part.exists():
                 return self._finished(target, arr, sel, identity, journal, previous)
             if journal is not None and previous is not None:
-                self._check_resumable(target, arr, identity, previous)
+                self._check_resumable(target, arr, identity, previous, version)
                 resumed = self._resume(target, arr, sel, identity, journal, previous)
                 if resumed is not None:
                     return resumed
@@ -127,7 +130,7 @@ class Courses:
             if journal is not None:
                 journal.close()
             raise
-        return self._start(target, arr, sel, identity, journal)
+        return self._start(target, arr, sel, identity, journal, version)
 
     def _finished(self, target: Target, arr: RemoteArray, sel: Selection,
                   identity: dict[str, Any], journal: Journal | None,
@@ -158,7 +161,8 @@ class Courses:
 
     @staticmethod
     def _check_resumable(target: Target, arr: RemoteArray, identity: dict[str, Any],
-                         previous: dict[str, Any]) -> None:
+                         previous: dict[str, Any],
+                         version: dict[str, Any] | None = None) -> None:
         """Refuse a ``.part`` file of another request, then one whose remote changed."""
         part = sibling(target.output, ".part")
         # which request first: another path's array has another shape too, and "changed"
@@ -176,6 +180,16 @@ class Courses:
                 f"the remote array {target.where} changed since {part} was started: it was "
                 f"{was[0]} {was[1]}, it is now {now[0]} {now[1]}; rerun with --restart "
                 "to download it again from scratch"
+            )
+        then = (previous.get("remote_version") or {}).get("ts")
+        current = (version or {}).get("ts")
+        if then and current and then != current:
+            # same shape and type, other values: resuming would mix two versions
+            raise ResumeError(
+                f"the remote array {target.where} changed since {part} was started: its "
+                f"resource was modified (ts {then!r} then, {current!r} now), so the saved "
+                "blocks hold the older version; rerun with --restart to download it again "
+                "from scratch"
             )
 
     def _resume(self, target: Target, arr: RemoteArray, sel: Selection,
@@ -203,7 +217,8 @@ class Courses:
         return Course(sel, grid, journal, output)
 
     def _start(self, target: Target, arr: RemoteArray, sel: Selection,
-               identity: dict[str, Any], journal: Journal | None) -> Course:
+               identity: dict[str, Any], journal: Journal | None,
+               version: dict[str, Any] | None = None) -> Course:
         """A fresh ``.part`` file and journal (any earlier ones are discarded)."""
         out = target.output
         part = sibling(out, ".part")
@@ -228,6 +243,7 @@ class Courses:
                     "block_axis": grid.axis,
                     "block_rows": grid.rows,
                     "blocks": len(grid),
+                    "remote_version": version,
                 })
             except BaseException:
                 output.close()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -33,7 +34,6 @@ from tenacity import (
     stop_after_attempt,
     stop_any,
     stop_before_delay,
-    wait_random_exponential,
 )
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
@@ -93,11 +93,17 @@ class RetryPolicy:
 
     A request is tried at most ``max_attempts`` times and not after ``max_delay`` seconds
     since its first attempt. Waits grow exponentially from ``backoff_initial`` to
-    ``backoff_max`` with full jitter; a ``Retry-After`` header is honoured up to
-    ``retry_after_max`` seconds (a longer one fails the request at once rather than sleeping
-    for hours). ``budget`` bounds the retries of one whole download: at most
-    ``max(budget_min, budget * requests)``, so a server that fails everything is not hammered.
-    ``statuses`` are the HTTP statuses retried (never 400, 401, 403, 404 or 501).
+    ``backoff_max``, jittered between half and all of each step (so a run of failures
+    always waits at least half the schedule: an outage is given time to end); a
+    ``Retry-After`` header is honoured up to ``retry_after_max`` seconds (a longer one fails
+    the request at once rather than sleeping for hours).
+
+    ``budget`` bounds how hard one whole download hits a failing server: retries at the
+    capped backoff (``backoff_max`` between attempts) count against at most
+    ``max(budget_min, budget * requests)``. A request's first retries, while its backoff is
+    still growing towards the cap, do not count: they are what rides out a short outage,
+    and their growing waits already bound the load. ``statuses`` are the HTTP statuses
+    retried (never 400, 401, 403, 404 or 501).
     """
 
     max_attempts: int = 10
@@ -123,8 +129,16 @@ class RetryPolicy:
         object.__setattr__(self, "statuses", frozenset(self.statuses))
 
     def download_budget(self, n_requests: int) -> int:
-        """Retries allowed for a download of ``n_requests`` requests."""
+        """Retries at the capped backoff allowed for a download of ``n_requests`` requests."""
         return max(self.budget_min, int(self.budget * n_requests))
+
+    def step(self, attempt: int) -> float:
+        """The exponential step after failed attempt number ``attempt`` (1-based), capped."""
+        return min(self.backoff_max, self.backoff_initial * 2.0 ** min(attempt - 1, 64))
+
+    def ramping(self, attempt: int) -> bool:
+        """Whether the wait after ``attempt`` is still below the cap (a free retry)."""
+        return self.step(attempt) < self.backoff_max
 
 
 class RetryBudget:
@@ -244,14 +258,34 @@ class _BudgetStop(stop_base):
     """Stops when the download's retry budget is spent.
 
     Last in the stop chain (``stop_any`` short-circuits), so a unit is taken only for a
-    retry that will really happen.
+    retry that will really happen; a retry whose backoff is still ramping up to the cap
+    takes none (see :class:`RetryPolicy`).
     """
 
-    def __init__(self, budget: RetryBudget | None):
+    def __init__(self, budget: RetryBudget | None, policy: RetryPolicy):
         self.budget = budget
+        self.policy = policy
 
     def __call__(self, retry_state: RetryCallState) -> bool:
-        return self.budget is not None and not self.budget.take()
+        if self.budget is None or self.policy.ramping(retry_state.attempt_number):
+            return False
+        return not self.budget.take()
+
+
+class _WaitEqualJitter(wait_base):
+    """Exponential backoff, each wait drawn between half and all of its step.
+
+    Full jitter (anywhere from zero) spreads retries as well, but lets a request spend all
+    its attempts within a fraction of the schedule; half the step as a floor guarantees
+    that ``n`` failures took at least half the schedule's time.
+    """
+
+    def __init__(self, policy: RetryPolicy):
+        self.policy = policy
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        step = self.policy.step(retry_state.attempt_number)
+        return step / 2 + random.uniform(0, step / 2)
 
 
 class _WaitRetryAfter(wait_base):
@@ -293,10 +327,8 @@ async def retrying(
 
     retryer = AsyncRetrying(
         stop=stop_any(stop_after_attempt(policy.max_attempts),
-                      stop_before_delay(policy.max_delay), _BudgetStop(budget)),
-        wait=_WaitRetryAfter(
-            wait_random_exponential(multiplier=policy.backoff_initial, max=policy.backoff_max),
-            policy.retry_after_max),
+                      stop_before_delay(policy.max_delay), _BudgetStop(budget, policy)),
+        wait=_WaitRetryAfter(_WaitEqualJitter(policy), policy.retry_after_max),
         retry=retry_if_exception(retry_if or (lambda exc: is_transient(exc, policy))),
         before_sleep=before_sleep,
         reraise=True,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aiobisque.config import Config
-from aiobisque.download import run_plan
+from aiobisque.download import Ledger, run_plan
 from aiobisque.errors import (
     AuthenticationError,
     BadRequestError,
@@ -372,6 +372,7 @@ class RemoteArray:
         plan: Plan | None = None,
         progress: ProgressCallback | None = None,
         stats: DownloadStats | None = None,
+        ledger: Ledger | None = None,
     ) -> DownloadStats:
         """Download the normalised selection ``sel`` into ``dest``: the one read path.
 
@@ -391,7 +392,7 @@ class RemoteArray:
         return await run_plan(
             session.transport, plan, self.url_for, core, self.dtype,
             config=config, executor=session.executor, where=self._where,
-            progress=progress, stats=stats,
+            progress=progress, stats=stats, ledger=ledger,
         )
 
     def check_readable(self) -> None:

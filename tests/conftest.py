@@ -102,22 +102,58 @@ class _Recorder(logging.Handler):
         self.lines.append(self.format(record))
 
 
+def _safe_repr(value: object) -> str:
+    try:
+        return repr(value)
+    except Exception as exc:  # a broken __repr__ hides nothing from us, but says so
+        return f"<repr failed: {type(exc).__name__}>"
+
+
+def exception_texts(err: BaseException) -> list[str]:
+    """Everything an error could show: str, repr and notes of it and of every exception in
+    its ``__cause__``/``__context__`` chain, plus the repr of their attributes (and of
+    those attributes' own attributes, such as an aiohttp ``request_info.headers``)."""
+    texts: list[str] = []
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [err]
+    while stack and len(seen) < 100:
+        exc = stack.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        texts += [str(exc), _safe_repr(exc), *getattr(exc, "__notes__", [])]
+        texts += [_safe_repr(a) for a in exc.args]
+        values = list(getattr(exc, "__dict__", {}).values())
+        for name in ("request_info", "headers", "history"):
+            if hasattr(exc, name):
+                values.append(getattr(exc, name))
+        for value in values:
+            texts.append(_safe_repr(value))
+            for name in ("headers", "url", "real_url"):
+                inner = getattr(value, name, None)
+                if inner is not None:
+                    texts.append(_safe_repr(inner))
+        stack += [exc.__cause__, exc.__context__]
+    return texts
+
+
 @pytest.fixture(autouse=True)
 def no_secret_leaks(monkeypatch: pytest.MonkeyPatch,
                     request: pytest.FixtureRequest) -> Iterator[None]:
     """Scan everything each test logs (all loggers, DEBUG included) and every aiobisque
-    error it creates: no password, token or its base64 form may appear."""
+    error it creates, with its whole cause/context chain and their attributes: no
+    password, token or its base64 form may appear."""
     recorder = _Recorder()
     root = logging.getLogger()
     old_level = root.level
     root.addHandler(recorder)
     root.setLevel(logging.DEBUG)
-    raised: list[str] = []
+    raised: list[BisqueError] = []
     original = BisqueError.__init__
 
     def recording_init(self: BisqueError, message: str, **kwargs: object) -> None:
         original(self, message, **kwargs)  # type: ignore[arg-type]
-        raised.append(f"{self!s} {self!r} {self.url}")
+        raised.append(self)  # rendered at the end, with the causes it got when raised
 
     monkeypatch.setattr(BisqueError, "__init__", recording_init)
     try:
@@ -126,7 +162,8 @@ def no_secret_leaks(monkeypatch: pytest.MonkeyPatch,
         root.removeHandler(recorder)
         root.setLevel(old_level)
     secrets = secrets_of(server_options(request))
-    leaks = [t for t in recorder.lines + raised for s in secrets if s in t]
+    texts = [t for err in raised for t in exception_texts(err)]
+    leaks = [t for t in recorder.lines + texts for s in secrets if s in t]
     assert not leaks, f"credentials leaked into logs or errors: {leaks[:3]}"
 
 

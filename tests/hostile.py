@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,3 +97,81 @@ def body(payload: bytes, **headers: str) -> Handler:
         return web.Response(body=payload, headers=headers,
                             content_type="application/x-hdf5")
     return handler
+
+
+@contextlib.asynccontextmanager
+async def raw_server(data: Callable[[str], bytes], info: dict[str, Any] | None = None
+                     ) -> AsyncIterator[str]:
+    """A hand-written HTTP/1.1 server on loopback: ``data(path)`` is the raw response
+    (status line, headers and body, malformed as a test likes) to every ``format:hdf``
+    request; services, the login check and ``info`` get well-formed answers."""
+    import asyncio
+
+    root = ""
+
+    def ok(text: str, kind: str) -> bytes:
+        payload = text.encode()
+        return (f"HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {len(payload)}"
+                "\r\n\r\n").encode() + payload
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                path = head.split(b" ", 2)[1].decode()
+                if path == "/services":
+                    tags = "".join(f'<tag name="service" type="{n}" value="{root}/{n}/"/>'
+                                   for n in ("table", "auth_service", "data_service"))
+                    out = ok(f"<resource>{tags}</resource>", "text/xml")
+                elif path == "/auth_service/session":
+                    out = ok('<session><tag name="user" value="alice"/></session>', "text/xml")
+                elif path.endswith("/info/format:json"):
+                    out = ok(json.dumps(info or info_json((4, 3))), "application/json")
+                else:
+                    out = data(path)
+                writer.write(out)
+                await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(client, "127.0.0.1", 0)
+    try:
+        root = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        yield root
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@contextlib.contextmanager
+def hostile_in_thread() -> Iterator[Hostile]:
+    """:func:`hostile` on its own thread and loop, for the command line (which runs its own
+    loop). Handlers set on the yielded :class:`Hostile` run on that thread."""
+    import asyncio
+    import threading
+
+    ready = threading.Event()
+    stop: list[asyncio.Event] = []
+    box: list[Hostile] = []
+    loop = asyncio.new_event_loop()
+
+    async def main() -> None:
+        async with hostile() as h:
+            box.append(h)
+            stop.append(asyncio.Event())
+            ready.set()
+            await stop[0].wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    try:
+        if not ready.wait(10):
+            raise RuntimeError("the hostile server did not start")
+        yield box[0]
+    finally:
+        if stop:
+            loop.call_soon_threadsafe(stop[0].set)
+        thread.join(10)
+        loop.close()

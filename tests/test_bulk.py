@@ -767,3 +767,14 @@ async def test_an_unwritable_output_folder_is_named(session: BisqueSession, tmp_
     with pytest.raises(UsageError, match=r"cannot write .*x\.npy: Permission denied in .* "
                                          r"\(for x\.npy\.part\.journal\); choose another"):
         await BulkDownloader(session.table).download(Target("vol", "volume", out))
+
+
+@settings(max_examples=200, deadline=None)
+@given(shape=st.lists(st.integers(0, 7), min_size=0, max_size=4).map(tuple),
+       block_bytes=st.integers(1, 300))
+def test_block_shape_counts_without_listing(shape: tuple, block_bytes: int) -> None:
+    grid = BlockGrid.fit(shape, 4, block_bytes)
+    brute: dict[tuple[int, ...], int] = {}
+    for b in range(len(grid)):
+        brute[grid.block_shape(b)] = brute.get(grid.block_shape(b), 0) + 1
+    assert grid.shape_counts() == brute

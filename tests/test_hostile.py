@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import hashlib
 import os
+import shutil
+import subprocess
 import sys
 import threading
+import time
 import tracemalloc
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -179,3 +184,124 @@ async def test_checksums_are_verified(header: str) -> None:
                                   if header == "Content-MD5" else "0" * 32})
         with pytest.raises(DownloadError, match="MD5"):
             await load(h)
+
+
+_PLUGIN_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <stddef.h>
+typedef int H5Z_filter_t;
+typedef struct { int version; H5Z_filter_t id; unsigned encoder_present;
+  unsigned decoder_present; const char *name; void *can_apply; void *set_local;
+  size_t (*filter)(unsigned, size_t, const unsigned[], size_t, size_t*, void**); } cls_t;
+static size_t identity(unsigned f, size_t n, const unsigned v[], size_t nbytes, size_t *s,
+                       void **b) { return nbytes; }
+static const cls_t cls = {1, 32099, 1, 1, "aiobisque-test-plugin", NULL, NULL, identity};
+__attribute__((constructor)) static void ran(void) {
+  const char *m = getenv("AIOBISQUE_PLUGIN_MARKER");
+  if (m) { FILE *f = fopen(m, "a"); if (f) { fputs("loaded\n", f); fclose(f); } }
+}
+int H5PLget_plugin_type(void) { return 0; }
+const void *H5PLget_plugin_info(void) { return &cls; }
+"""
+
+_PLUGIN_BODY = r"""
+import io, sys, h5py, numpy as np
+h5py.h5pl.prepend(sys.argv[1].encode())
+buf = io.BytesIO()
+with h5py.File(buf, "w") as f:
+    f.create_dataset("array", data=np.arange(12, dtype=np.float32).reshape(4, 3),
+                     chunks=(2, 3), compression=32099, allow_unknown_filter=True)
+open(sys.argv[2], "wb").write(buf.getvalue())
+"""
+
+
+def _plugin_image(tmp_path: Path) -> Path:
+    """Build the plugin into ``tmp_path`` and an image using its filter (another process:
+    loading the plugin here would spoil the test)."""
+    (tmp_path / "plugin.c").write_text(_PLUGIN_C)
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(tmp_path / "libtestfilter.so"),
+                    str(tmp_path / "plugin.c")], check=True, timeout=60)
+    image = tmp_path / "body.h5"
+    subprocess.run([sys.executable, "-c", _PLUGIN_BODY, str(tmp_path), str(image)],
+                   check=True, timeout=60)
+    return image
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler for the plugin")
+async def test_filter_plugins_are_never_loaded(tmp_path: Path) -> None:
+    """A body naming an unregistered filter must not make HDF5 dlopen whatever sits in its
+    plugin path: the plugin here records in a file that its code ran."""
+    image = _plugin_image(tmp_path)
+    marker = tmp_path / "marker"
+    os.environ["AIOBISQUE_PLUGIN_MARKER"] = str(marker)
+    h5py.h5pl.prepend(str(tmp_path).encode())
+    try:
+        async with hostile() as h:
+            h.data = body(image.read_bytes())
+            with pytest.raises(ProtocolError, match="filter"):
+                await load(h)
+    finally:
+        h5py.h5pl.remove(0)
+        del os.environ["AIOBISQUE_PLUGIN_MARKER"]
+    assert not marker.exists(), "HDF5 loaded a filter plugin named by the server"
+
+
+def _bomb(ratio: int) -> bytes:
+    """A (4, 3) float32 image whose one gzip chunk inflates to ``48 * ratio`` bytes."""
+    def build(f: h5py.File) -> None:
+        ds = f.create_dataset("array", shape=(4, 3), dtype=np.float32, chunks=(4, 3),
+                              compression="gzip")
+        ds.id.write_direct_chunk((0, 0), zlib.compress(bytes(48 * ratio), 9))
+    return hdf_image(build=build)
+
+
+async def test_compressed_chunk_bomb_is_refused() -> None:
+    payload = _bomb(1_000_000)  # 48 MB from a 47 KB stream
+    assert len(payload) < 100_000
+    async with hostile() as h:
+        h.data = body(payload)
+        with pytest.raises(ProtocolError, match="inflates beyond"):
+            await load(h)
+
+
+async def test_chunks_larger_than_the_data_are_refused() -> None:
+    def build(f: h5py.File) -> None:
+        f.create_dataset("array", data=GOOD, maxshape=(None, None), chunks=(100_000, 1000),
+                         compression="gzip")
+    async with hostile() as h:
+        h.data = body(hdf_image(build=build))
+        with pytest.raises(ProtocolError, match="larger than the 48 bytes planned"):
+            await load(h)
+
+
+async def test_a_huge_declared_array_is_planned_lazily(tmp_path: Path) -> None:
+    """2**44 bytes declared: the first data request goes out at once, with no memory spent
+    on planning millions of blocks before it (it used to take 28 s and 841 MiB)."""
+    from aiobisque.bulk import BulkDownloader, Target
+
+    first: list[float] = []
+
+    async def refuse(request: web.Request) -> web.Response:
+        first.append(time.monotonic())
+        return web.Response(status=404, text="gone")
+
+    async with hostile() as h:
+        h.info = {"sizes": [2**21, 2**21], "types": ["float32"]}
+        h.data = refuse
+        async with BisqueSession(h.root, auth=USER, retry=FAST_RETRY,
+                                 max_bytes=1 << 50) as bq:
+            started = time.monotonic()
+            tracemalloc.start()
+            try:
+                with pytest.raises(NotFoundError):
+                    async with asyncio.timeout(20):
+                        await BulkDownloader(bq.table).download(
+                            Target("00-x", "array", tmp_path / "huge.h5"))
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+    assert first and first[0] - started < 3
+    # the blocks' buffers in flight (8 of 8 MiB by default) and little else
+    assert peak < 96 * 1024 * 1024
+    assert os.listdir(tmp_path) == []  # failed for good before any block: no litter

@@ -271,3 +271,79 @@ async def test_progress_rolls_back_on_retry_and_ends_at_the_total(server: TableS
     assert all(0 <= p.done_bytes <= p.total_bytes for p in seen)
     assert (seen[-1].done_bytes, seen[-1].total_bytes) == (96000, 96000)
     assert seen[-1].retries == stats.retries
+
+
+async def test_trickling_body_hits_the_attempt_deadline() -> None:
+    """A byte now and then is never a read timeout; the attempt's total deadline ends it."""
+    from aiohttp import web
+
+    from tests.hostile import hdf_image, hostile
+
+    payload = hdf_image(np.zeros((4, 3), np.float32))
+
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": str(len(payload))})
+        await resp.prepare(request)
+        for i in range(len(payload)):
+            await resp.write(payload[i : i + 1])
+            await asyncio.sleep(0.1)
+        return resp
+
+    policy = RetryPolicy(max_attempts=2, backoff_initial=0.01, backoff_max=0.02)
+    async with hostile() as h:
+        h.data = trickle
+        async with BisqueSession(h.root, auth=USER, retry=policy) as bq:
+            started = time.monotonic()
+            with pytest.raises(DownloadError, match="deadline of one attempt"):
+                await bq.table.load_array("00-x", "array", read_timeout=1.0,
+                                          attempt_timeout=0.6)
+            assert time.monotonic() - started < 4
+
+
+async def test_attempt_deadline_grows_with_the_bytes_expected(
+        server: TableServer, bq: BisqueSession, want: np.ndarray) -> None:
+    # 96 kB at 64 kB/s takes 1.5 s: beyond attempt_timeout, within 96 kB / min_rate = 3 s
+    server.faults = FaultPlan(bandwidth=64_000)
+    stats = DownloadStats()
+    got = await download(bq, request_bytes=96000, attempt_timeout=0.5, min_rate=32_000,
+                         stats=stats)
+    assert got.tobytes() == want.tobytes()
+    assert stats.retries == 0 and stats.seconds > 1.0
+
+
+async def test_short_outage_at_start_is_ridden_out_with_default_settings(
+        server: TableServer, want: np.ndarray) -> None:
+    """Every request answered 503 for the first 2 s: with the default policy the backoff
+    outlasts it (the retry budget used to be spent within about a second)."""
+    server.faults = FaultPlan(error_rate=1.0, error_statuses=(503,))
+
+    async def end_outage() -> None:
+        await asyncio.sleep(2.0)
+        server.faults = FaultPlan()
+
+    ender = asyncio.create_task(end_outage())
+    stats = DownloadStats()
+    async with BisqueSession(server.root, auth=USER) as bq:  # Config() as it ships
+        got = await download(bq, stats=stats)
+    await ender
+    assert got.tobytes() == want.tobytes()
+    assert server.stats.statuses[503] > RetryPolicy().budget_min  # more than the old budget
+
+
+@pytest.mark.parametrize("fault", ["truncate", "reset"])
+async def test_retry_after_a_cut_body_asks_only_for_the_missing_rows(
+        server: TableServer, bq: BisqueSession, want: np.ndarray, fault: str) -> None:
+    # one request of the whole 96 kB array, cut on its first attempts (a body with a
+    # Content-Length streams into the output; one without is buffered, and sent again)
+    server.faults = FaultPlan(seed=1, **{f"{fault}_rate": 0.6})
+    stats = DownloadStats()
+    got = await download(bq, request_bytes=96000, stats=stats)
+    assert got.tobytes() == want.tobytes()
+    ranges = [r.range for r in server.stats.data_log]
+    assert len(ranges) >= 2 and ranges[0] == "0;39,0;29,0;19"
+    firsts = [int(r.split(",")[0].split(";")[0]) for r in ranges]
+    assert firsts == sorted(firsts) and firsts[-1] > 0  # each retry starts further on
+    assert stats.kept_bytes > 0
+    # fetched again per cut: at most the first 16 KiB (the decoder's first look at the
+    # metadata) and a partial row, never the whole body again
+    assert stats.bytes < 96000 + len(ranges) * (16384 + 2400)

@@ -216,3 +216,24 @@ async def test_root_spelled_otherwise_than_the_server_says_is_explained(
     async with BisqueSession(root, auth=USER,
                              trusted_origins=(f"http://127.0.0.1:{port}",)) as bq:
         assert bq.user == USER[0]
+
+
+async def test_no_credentials_in_the_exception_chain() -> None:
+    """A malformed response head makes aiohttp raise ClientResponseError, whose
+    request_info holds the request's headers, Authorization included: nothing of it may
+    be kept in the causes or context of the error raised."""
+    from tests.conftest import exception_texts
+    from tests.hostile import raw_server
+
+    def bad_head(path: str) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nContent-Length: not-a-number\r\n\r\nxx"
+
+    async with raw_server(bad_head) as root:
+        async with BisqueSession(root, auth=("alice", SECRET), retry=FAST_RETRY) as bq:
+            with pytest.raises(BisqueError) as info:
+                await bq.table.load_array("00-x", "array", retry=FAST_RETRY.__class__(
+                    max_attempts=2, backoff_initial=0, backoff_max=0))
+    texts = exception_texts(info.value)
+    assert any("RequestInfo" in t or "ClientResponseError" in t for t in texts) is False
+    leaked = [t for t in texts for s in secrets() if s in t]
+    assert leaked == []

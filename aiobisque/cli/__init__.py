@@ -42,7 +42,7 @@ from aiobisque.cli.exits import (
     message,
 )
 from aiobisque.cli.options import EPILOG, ROOT_ENV, connection_options
-from aiobisque.errors import BisqueError
+from aiobisque.errors import BisqueError, clean_text
 
 __all__ = [
     "EXIT_AUTH",
@@ -143,12 +143,19 @@ def _requested(argv: Sequence[str]) -> str:
     return first if first in names else ""
 
 
+class _CleanFormatter(logging.Formatter):
+    """Log lines with control characters escaped: messages quote what servers sent."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return clean_text(super().format(record))
+
+
 @contextlib.contextmanager
 def _logging(verbosity: int) -> Iterator[None]:
     """Log to stderr for this command only (tests call :func:`main` many times)."""
     logger = logging.getLogger("aiobisque")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("aiobisque: %(levelname)s: %(message)s"))
+    handler.setFormatter(_CleanFormatter("aiobisque: %(levelname)s: %(message)s"))
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 \
         else logging.DEBUG
     old_level = logger.level
@@ -172,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             status: int = args.handler(args)
             return status
         except CommandError as exc:
-            print(f"{name}: error: {exc}", file=sys.stderr)
+            print(f"{name}: error: {clean_text(exc)}", file=sys.stderr)
             return exc.status
         except (BisqueError, OSError) as exc:
             print(f"{name}: error: {message(exc)}", file=sys.stderr)

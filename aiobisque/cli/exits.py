@@ -7,6 +7,7 @@ from aiobisque.errors import (
     PermissionDeniedError,
     SelectionError,
     UsageError,
+    clean_text,
 )
 
 __all__ = [
@@ -47,10 +48,13 @@ class CommandError(Exception):
 
 
 def message(exc: BaseException) -> str:
-    """One line: the error and the notes added on the way (e.g. how to resume)."""
+    """One line: the error and the notes added on the way (e.g. how to resume).
+
+    Control characters (a server's text may carry terminal escapes) are shown escaped.
+    """
     text = str(exc) or type(exc).__name__
     notes = getattr(exc, "__notes__", None) or []
-    return "; ".join([text, *notes]).replace("\n", " ")
+    return clean_text("; ".join([text, *map(str, notes)]).replace("\n", " "))
 
 
 def exit_status(exc: BaseException) -> int:

@@ -13,6 +13,7 @@ from aiobisque.cli.exits import EXIT_OK, CommandError
 from aiobisque.cli.options import ROOT_ENV
 from aiobisque.cli.roots import split_positionals
 from aiobisque.cli.running import run
+from aiobisque.errors import clean_text
 from aiobisque.protocol import ArrayInfo, split_path
 from aiobisque.session import BisqueSession
 
@@ -32,24 +33,29 @@ def add_arguments(info: argparse.ArgumentParser) -> None:
     info.add_argument("--json", action="store_true", help="print JSON")
 
 
+def _print(text: str) -> None:
+    """Print what a server described: names and meta may carry terminal escapes."""
+    print(clean_text(text))
+
+
 async def _info(args: argparse.Namespace, session: BisqueSession, uniq: str, path: str) -> int:
     async with session as bq:
         info = await bq.table.info(uniq, path)
         if info.kind == "group":
             tree = await _tree(bq, info)
             if args.json:
-                print(json.dumps(tree, indent=2, default=str))
+                print(json.dumps(tree, indent=2, default=str))  # ASCII: controls as \u escapes
             else:
-                print(f"{info.uniq}/{info.path} (group)")
+                _print(f"{info.uniq}/{info.path} (group)")
                 for line in _tree_lines(tree["children"], ""):
-                    print(line)
+                    _print(line)
                 if tree.get("truncated"):
-                    print(f"(only the first {_TREE_LIMIT} nodes are shown)")
+                    _print(f"(only the first {_TREE_LIMIT} nodes are shown)")
         elif args.json:
             print(json.dumps(_node(info), indent=2, default=str))
         else:
             for line in _describe(info):
-                print(line)
+                _print(line)
     return EXIT_OK
 
 
