@@ -66,17 +66,23 @@ class _Tracker:
         self.total_requests = len(plan)
         self.done_bytes = 0
         self.done_requests = 0
+        self.active_requests = 0  # sent, not answered yet
         self._last_report = 0
+        self._last_time = 0.0
 
     def report(self, force: bool = False) -> None:
         if self.callback is None:
             return
-        if not force and self.done_bytes - self._last_report < 1024 * 1024:
+        now = time.monotonic()
+        # at most every MiB, or every 0.1 s on a slow link, so the figures keep moving
+        if not force and self.done_bytes - self._last_report < 1024 * 1024 \
+                and now - self._last_time < 0.1:
             return
         self._last_report = self.done_bytes
+        self._last_time = now
         self.callback(
             Progress(self.done_bytes, self.total_bytes, self.done_requests,
-                     self.total_requests, self.stats.retries)
+                     self.total_requests, self.stats.retries, self.active_requests)
         )
 
 
@@ -164,15 +170,20 @@ async def run_plan(
                 decoder = StreamDecoder(shape=sent.chunk_shape, dtype=dtype,
                                         dest=out_core[view_index], chunk_sel=sent.chunk_sel,
                                         where=what, verify_checksum=config.verify_checksum)
-                await transport.get(
-                    url_for(sent),
-                    what=what,
-                    max_body=sent.nbytes + _HEADER_ALLOWANCE,
-                    sink=decoder,
-                    on_bytes=on_bytes,
-                    config=config,
-                    expected_bytes=sent.nbytes,
-                )
+                tracker.active_requests += 1
+                tracker.report(force=True)  # "in flight" moves at once, before any byte
+                try:
+                    await transport.get(
+                        url_for(sent),
+                        what=what,
+                        max_body=sent.nbytes + _HEADER_ALLOWANCE,
+                        sink=decoder,
+                        on_bytes=on_bytes,
+                        config=config,
+                        expected_bytes=sent.nbytes,
+                    )
+                finally:
+                    tracker.active_requests -= 1
                 if not decoder.heavy:
                     decoder.finish()  # streamed, metadata known: nothing left worth a thread
                 else:

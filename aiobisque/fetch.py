@@ -311,9 +311,10 @@ class Transport:
         failure: BisqueError
         deadline = cfg.attempt_deadline(expected_bytes)
         clock = asyncio.timeout(deadline)
+        trail = [url]  # the URLs this attempt went to: a failure names the last one
         try:
             async with clock:
-                resp = await self._get_following_redirects(url, what, cfg)
+                resp = await self._get_following_redirects(url, what, cfg, trail)
                 outcome = "congested" if resp.status in (429, 503) else "error"
                 try:
                     if resp.status != 200:
@@ -335,7 +336,7 @@ class Transport:
         except TimeoutError as exc:  # the attempt's deadline, or a read or connect timeout
             outcome = "congested"
             if not clock.expired():
-                failure = _translate(exc, url, what)
+                failure = _translate(exc, trail[-1], _redirected(what, url, trail))
             else:
                 failure = DownloadTimeoutError(
                     f"{what}: no complete response within the {deadline:.0f} s deadline of "
@@ -343,7 +344,7 @@ class Transport:
                     f"{expected_bytes:,} bytes; see attempt_timeout and min_rate)",
                     url=redact_url(url))
         except (aiohttp.ClientError, OSError) as exc:
-            failure = _translate(exc, url, what)
+            failure = _translate(exc, trail[-1], _redirected(what, url, trail))
             if is_congestion(failure):
                 outcome = "congested"
         finally:
@@ -353,7 +354,7 @@ class Transport:
         raise failure
 
     async def _get_following_redirects(
-        self, url: str, what: str, cfg: Config
+        self, url: str, what: str, cfg: Config, trail: list[str]
     ) -> aiohttp.ClientResponse:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=cfg.connect_timeout, sock_read=cfg.read_timeout
@@ -375,6 +376,7 @@ class Transport:
                 location = resp.headers["Location"]
                 resp.release()
                 current = _redirect_target(current, location, what, url)
+                trail.append(current)
                 continue
             return resp
         raise ProtocolError(f"{what}: more than {cfg.max_redirects} redirects",
@@ -427,6 +429,13 @@ class Transport:
                 return resp.status, resp.headers, bytes(body)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise _translate(exc, url, what) from exc
+
+
+def _redirected(what: str, url: str, trail: list[str]) -> str:
+    """``what``, saying which URL redirected there when the failure was elsewhere."""
+    if len(trail) < 2:
+        return what
+    return f"{what} (redirected from {redact_url(url)})"
 
 
 def _redirect_target(current: str, location: str, what: str, url: str) -> str:

@@ -25,7 +25,8 @@ class Progress:
     """A snapshot passed to progress callbacks.
 
     ``done_bytes`` counts payload bytes received; it goes back down when a request that had
-    received part of its body is retried.
+    received part of its body is retried. ``active_requests`` are sent and not answered
+    yet (on a slow link all of them may be in flight long before the first is done).
     """
 
     done_bytes: int
@@ -33,6 +34,7 @@ class Progress:
     done_requests: int
     total_requests: int
     retries: int
+    active_requests: int = 0
 
     @property
     def fraction(self) -> float:
@@ -137,6 +139,7 @@ class Meter:
             done_requests=self._done_requests + sum(p.done_requests for p in parts),
             total_requests=self.total_requests,
             retries=self._retries + sum(p.retries for p in parts),
+            active_requests=sum(p.active_requests for p in parts),
         )
 
     def _changed(self) -> None:

@@ -382,3 +382,21 @@ async def test_retry_policy_statuses_decide(bq: BisqueSession, server: TableServ
 
 async def test_login_providers(bq: BisqueSession) -> None:
     assert await bq.login_providers() == ["local"]
+
+
+async def test_progress_moves_before_any_request_is_done(bq: BisqueSession,
+                                                         server: TableServer) -> None:
+    # a slow link: every request is in flight long before the first one finishes
+    server.faults = FaultPlan(latency=0.1, bandwidth=400_000)
+    seen: list[Progress] = []
+    await bq.table.load_array("vol", "volume", request_bytes=24_000, progress=seen.append)
+    assert any(p.active_requests > 1 and p.done_requests == 0 for p in seen)
+    partial = [p for p in seen if p.done_requests == 0 and p.done_bytes > 0]
+    assert partial, "bytes must move while requests are in flight"
+    assert seen[-1].active_requests == 0 and seen[-1].done_requests == seen[-1].total_requests
+
+
+def test_progress_line_names_requests_in_flight_and_done() -> None:
+    from aiobisque.cli.display import requests_text
+
+    assert requests_text(Progress(5, 10, 1, 4, 1, 3)) == "3 in flight, 1/4 requests done, 1 retry"

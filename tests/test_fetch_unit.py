@@ -11,6 +11,7 @@ import json
 import pytest
 from aiohttp import web
 
+import aiobisque
 from aiobisque import (
     BadRequestError,
     BisqueSession,
@@ -131,3 +132,24 @@ def test_long_retry_after_stops_retrying_and_says_why() -> None:
     assert "budget is spent" in why_stopped(status_error(503, root, "x"), policy, spent)
     # the message is built for the caller; the error itself is left as it was
     assert "asked" not in str(slow)
+
+
+async def test_a_failure_after_a_redirect_names_the_url_that_failed() -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/elsewhere/array"
+
+    async def moved(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(dead)
+
+    async with hostile() as h:
+        h.info = INFO
+        h.data = moved
+        async with BisqueSession(h.root, auth=("alice", "pw"), retry=QUICK) as bq:
+            with pytest.raises(aiobisque.BisqueError) as caught:
+                await bq.table.load_array("00-x", "a")
+    text = str(caught.value)
+    assert f"cannot connect to {dead}" in text
+    assert f"redirected from {h.root}/table/00-x/a/" in text

@@ -6,9 +6,9 @@ import argparse
 import time
 from typing import IO
 
-from aiobisque.progress import Meter
+from aiobisque.progress import Meter, Progress, counted
 
-__all__ = ["BarDisplay", "Display", "LogDisplay", "make_display", "size_text"]
+__all__ = ["BarDisplay", "Display", "LogDisplay", "make_display", "requests_text", "size_text"]
 
 
 def size_text(n: float) -> str:
@@ -29,6 +29,12 @@ class Display:
         pass
 
 
+def requests_text(p: Progress) -> str:
+    """``"3 in flight, 5/16 requests done, 1 retry"``: every figure moves as requests do."""
+    return (f"{p.active_requests} in flight, {p.done_requests}/{p.total_requests} "
+            f"requests done, {counted(p.retries, 'retry', 'retries')}")
+
+
 class BarDisplay(Display):
     """A tqdm bar: bytes, rate and ETA, plus requests and retries."""
 
@@ -45,7 +51,7 @@ class BarDisplay(Display):
             self.bar.total = p.total_bytes
         if p.done_bytes != self.bar.n:
             self.bar.update(p.done_bytes - self.bar.n)
-        postfix = f"{p.done_requests}/{p.total_requests} requests, {p.retries} retries"
+        postfix = requests_text(p)
         if meter.files > 1:
             postfix = f"{meter.files_done}/{meter.files} files, " + postfix
         if postfix != self._shown:
@@ -79,8 +85,8 @@ class LogDisplay(Display):
         eta = f"{left / rate:.0f} s" if rate > 0 else "?"
         files = f"{meter.files_done}/{meter.files} files, " if meter.files > 1 else ""
         print(f"aiobisque: {p.fraction:6.1%} {size_text(p.done_bytes)} of {size_text(p.total_bytes)}, "
-              f"{files}{p.done_requests}/{p.total_requests} requests, {size_text(rate)}/s, "
-              f"ETA {eta}, {p.retries} retries", file=self.stream, flush=True)
+              f"{files}{size_text(rate)}/s, ETA {eta}, {requests_text(p)}", file=self.stream,
+              flush=True)
 
 
 def make_display(args: argparse.Namespace, stream: IO[str]) -> Display:
