@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -34,6 +33,8 @@ from tenacity import (
     stop_after_attempt,
     stop_any,
     stop_before_delay,
+    wait_exponential,
+    wait_random_exponential,
 )
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
@@ -272,20 +273,17 @@ class _BudgetStop(stop_base):
         return not self.budget.take()
 
 
-class _WaitEqualJitter(wait_base):
+def _equal_jitter(policy: RetryPolicy) -> wait_base:
     """Exponential backoff, each wait drawn between half and all of its step.
 
     Full jitter (anywhere from zero) spreads retries as well, but lets a request spend all
     its attempts within a fraction of the schedule; half the step as a floor guarantees
-    that ``n`` failures took at least half the schedule's time.
+    that ``n`` failures took at least half the schedule's time. Built from tenacity's own
+    waits: half the step, fixed, plus up to half the step, random.
     """
-
-    def __init__(self, policy: RetryPolicy):
-        self.policy = policy
-
-    def __call__(self, retry_state: RetryCallState) -> float:
-        step = self.policy.step(retry_state.attempt_number)
-        return step / 2 + random.uniform(0, step / 2)
+    half, cap = policy.backoff_initial / 2, policy.backoff_max / 2
+    return wait_exponential(multiplier=half, max=cap) + \
+        wait_random_exponential(multiplier=half, max=cap)
 
 
 class _WaitRetryAfter(wait_base):
@@ -328,7 +326,7 @@ async def retrying(
     retryer = AsyncRetrying(
         stop=stop_any(stop_after_attempt(policy.max_attempts),
                       stop_before_delay(policy.max_delay), _BudgetStop(budget, policy)),
-        wait=_WaitRetryAfter(_WaitEqualJitter(policy), policy.retry_after_max),
+        wait=_WaitRetryAfter(_equal_jitter(policy), policy.retry_after_max),
         retry=retry_if_exception(retry_if or (lambda exc: is_transient(exc, policy))),
         before_sleep=before_sleep,
         reraise=True,
