@@ -619,13 +619,3 @@ def block_digest(buf: np.ndarray[Any, Any]) -> str:
 
 def _region_text(grid: Any, block: int) -> str:
     return "[" + ", ".join(f"{s.start}:{s.stop}" for s in grid.region(block)) + "]"
-
-
-def _merge(total: DownloadStats, part: DownloadStats) -> None:
-    total.requests += part.requests
-    total.attempts += part.attempts
-    total.retries += part.retries
-    total.bytes += part.bytes
-    total.kept_bytes += part.kept_bytes
-    total.peak_in_flight = max(total.peak_in_flight, part.peak_in_flight)
-    total.errors.extend(part.errors[-10:])

@@ -65,6 +65,7 @@ class DownloadStats:
         self.attempts += part.attempts
         self.retries += part.retries
         self.bytes += part.bytes
+        self.kept_bytes += part.kept_bytes
         self.peak_in_flight = max(self.peak_in_flight, part.peak_in_flight)
         self.errors.extend(part.errors[-10:])
 

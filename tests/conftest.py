@@ -18,7 +18,9 @@ the leak guard looks for, so a new test login cannot be forgotten there.
 from __future__ import annotations
 
 import base64
+import io
 import logging
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -165,6 +167,16 @@ def no_secret_leaks(monkeypatch: pytest.MonkeyPatch,
     texts = [t for err in raised for t in exception_texts(err)]
     leaks = [t for t in recorder.lines + texts for s in secrets if s in t]
     assert not leaks, f"credentials leaked into logs or errors: {leaks[:3]}"
+
+
+@pytest.fixture
+def clean_cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """For command-line tests: no credentials or root from the developer's environment, no
+    netrc, and a stdin that is not a terminal (so nothing prompts)."""
+    for name in ("BISQUE_ROOT", "BISQUE_PASSWORD", "MEX"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
 
 
 @pytest.fixture(scope="session")

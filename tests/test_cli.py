@@ -33,13 +33,7 @@ def SAMPLES(path: Path) -> None:
 SERVER_OPTIONS = {"users": USERS, "mex_tokens": {TOKEN: "carol"}, "public": ["open"]}
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No credentials or root from the developer's environment; stdin is not a terminal."""
-    for name in ("BISQUE_ROOT", "BISQUE_PASSWORD", "MEX"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+pytestmark = pytest.mark.usefixtures("clean_cli_env")
 
 
 @pytest.fixture
