@@ -1,8 +1,9 @@
 """aiobisque: fast, dependable downloads of N-D arrays from BisQue's table service.
 
-An array (or any numpy-style selection of it) on a BisQue server is split into range
-requests, fetched concurrently under one shared limit with retries, checked, and assembled
-into a preallocated numpy array (or a file). Three ways in:
+An array, a table or any numpy-style selection of them on a BisQue (or ViQi) server is
+split into range requests, fetched concurrently under one shared limit with retries,
+checked, and assembled into a preallocated numpy array (or a file); results go back up
+with ``store_array``. Three ways in:
 
 * async: ``async with BisqueSession(root, auth=(user, pw)) as bq:
   await bq.table.load_array(uniq, path)`` (:class:`BisqueSession`, :class:`TableService`,
@@ -10,11 +11,13 @@ into a preallocated numpy array (or a file). Three ways in:
 * sync, for scripts and notebooks: :class:`Session` and :func:`load_array`, the same API
   run on a private event loop; :mod:`aiobisque.compat` for scripts written for ``bqapi``;
 * the ``aiobisque`` command (``aiobisque --help``): ``info``, resumable out-of-core
-  ``download`` to ``.npy``/``.h5``, and ``serve``/``demo`` with the embedded server.
+  ``download`` to ``.npy``/``.h5``/``.csv``, ``upload``, and ``serve``/``demo`` with the
+  embedded server.
 
 Also: :mod:`aiobisque.dask` (dask arrays read by the workers), :mod:`aiobisque.server` (a
 BisQue-compatible server for tests). Errors form one tree under :class:`BisqueError`
-(:mod:`aiobisque.errors`). The README and the documentation say more.
+(:mod:`aiobisque.errors`). The README and the documentation site (``mkdocs build`` in
+the repository) say more.
 """
 
 from aiobisque.config import Config

@@ -110,3 +110,12 @@ def test_one_shot_load_array_takes_the_table_service_arguments() -> None:
     for name in table:
         if name != "self":
             assert one_shot[name].default == table[name].default, name
+
+
+def test_the_package_docstring_is_an_overview() -> None:
+    doc = aiobisque.__doc__ or ""
+    # what it is, the three ways in, and where to read more
+    for needed in ("BisqueSession", "Session", "load_array", "aiobisque.compat",
+                   "``aiobisque`` command", "aiobisque.dask", "aiobisque.server", "README"):
+        assert needed in doc, needed
+    assert len(doc.splitlines()) > 10
