@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import functools
 import logging
 import math
@@ -292,7 +293,9 @@ class BulkDownloader:
             for s in prepared:  # the thread finished, but its result never reached us
                 s.close()
             raise
-        except PermissionError as exc:
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
             raise _not_writable(out, exc) from None
         try:
             shape, dtype = state.sel.shape, arr.dtype
@@ -340,16 +343,18 @@ class BulkDownloader:
         return await download_table(self, target, info, started)
 
     async def _remote_version(self, arr: RemoteArray) -> dict[str, Any] | None:
-        """What identifies the remote's version: its ``ts`` from the data service.
+        return await self.remote_version(arr.info.uniq)
 
-        ``None`` when the server has no data service or does not answer it (the block
-        checksum of :meth:`_check_saved_block` still guards a resume then).
+    async def remote_version(self, uniq: str) -> dict[str, Any] | None:
+        """What identifies a resource's version: its ``ts`` from the data service.
+
+        ``None`` when the server has no data service or does not answer it (a re-read
+        saved block still guards a resume then).
         """
         session = self.table.session
         base = session.services.get("data_service")
         if base is None:
             return None
-        uniq = arr.info.uniq
         url = (base if base.endswith("/") else base + "/") + uniq
         config = session.config.replace(
             retry=dataclasses.replace(session.config.retry, max_attempts=3))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import functools
 import json
 import logging
@@ -30,7 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from aiobisque.columns import read_table
+from aiobisque.columns import read_table, select_columns
+from aiobisque.journal import LockedError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Windows
+    fcntl = None  # type: ignore[assignment]
 from aiobisque.errors import OutputExistsError, ResumeError, SelectionError, UsageError
 from aiobisque.outputs import output_format
 from aiobisque.progress import DownloadStats
@@ -86,7 +93,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    tmp = _sibling(path, ".tmp")
+    tmp = _sibling(path, f".{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=1)
         f.flush()
@@ -106,10 +113,13 @@ def _finished(out: Path, identity: dict[str, Any]) -> bool:
     return record.get("size") == st.st_size and record.get("mtime_ns") == st.st_mtime_ns
 
 
-def _check_resumable(blocks_dir: Path, identity: dict[str, Any], target: Target) -> None:
+def _check_resumable(blocks_dir: Path, identity: dict[str, Any], target: Target,
+                     version: Any) -> dict[str, Any]:
+    """The earlier run's record, once it is shown to be this download of the same table."""
     previous = _read_json(blocks_dir / "source.json")
     if previous is None:
-        return
+        raise ResumeError(f"{blocks_dir} has no readable source.json, so its blocks cannot "
+                          "be trusted; rerun with --restart to start over")
     for key in ("root", "uniq", "path", "selection", "format", "dataset"):
         if previous.get(key) != identity[key]:
             raise ResumeError(f"{blocks_dir} holds another download ({key} "
@@ -121,6 +131,13 @@ def _check_resumable(blocks_dir: Path, identity: dict[str, Any], target: Target)
                 f"the remote table {target.where} changed since {blocks_dir} was started "
                 f"({key} {previous.get(key)!r} then, {identity[key]!r} now); rerun with "
                 "--restart to download it again from scratch")
+    was = previous.get("remote_version")
+    if was is not None and version is not None and was != version:
+        raise ResumeError(
+            f"the remote table {target.where} changed since {blocks_dir} was started (the "
+            f"data service says {version}, it said {was}); rerun with --restart to "
+            "download it again from scratch")
+    return previous
 
 
 def _row_bytes(info: ArrayInfo) -> int:
@@ -134,12 +151,21 @@ def _block_rows(info: ArrayInfo, block_bytes: int) -> int:
 
 
 def _save_block(path: Path, records: np.ndarray[Any, Any]) -> None:
-    tmp = _sibling(path, ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, records, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = _sibling(path, f".{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, records, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if exc.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"no space left on the device for {path.parent} "
+                                        "(the blocks saved so far are kept: free some space "
+                                        "and rerun the same command to resume)") from None
+        raise
 
 
 def _final_dtype(blocks: list[np.ndarray[Any, Any]], fmt: str) -> np.dtype[Any]:
@@ -168,7 +194,7 @@ def _converted(block: np.ndarray[Any, Any], dtype: np.dtype[Any]) -> np.ndarray[
 
 
 def _assemble(part: Path, files: list[Path], fmt: str, dataset: str,
-              attrs: dict[str, Any]) -> np.dtype[Any]:
+              attrs: dict[str, Any]) -> tuple[np.dtype[Any], int]:
     """Write every block into ``part`` in order (one block in memory at a time)."""
     blocks = [np.load(f, mmap_mode="r", allow_pickle=False) for f in files]
     total = sum(len(b) for b in blocks)
@@ -208,7 +234,7 @@ def _assemble(part: Path, files: list[Path], fmt: str, dataset: str,
         os.fsync(fd)
     finally:
         os.close(fd)
-    return dtype
+    return dtype, total
 
 
 def _block_files(blocks_dir: Path, n: int) -> Iterator[Path]:
@@ -237,14 +263,74 @@ async def download_table(downloader: BulkDownloader, target: Target, info: Array
             return FileResult(target, shape, np.dtype(info.dtype), 1, skipped=True)
         raise OutputExistsError(f"{out} already exists and is not this download; rerun "
                                 "with --restart to replace it")
+    select_columns(info, None)  # a column no download can read: refused before any file
+    version = await downloader.remote_version(info.uniq)
     if downloader.restart and blocks_dir.exists():
         await _in_thread(lambda: shutil.rmtree(blocks_dir))
-    if blocks_dir.exists():
-        _check_resumable(blocks_dir, identity, target)
-    await _in_thread(lambda: blocks_dir.mkdir(exist_ok=True))
-    _write_json(blocks_dir / "source.json", identity)
+    fresh = not blocks_dir.exists()
+    if fresh:
+        await _in_thread(lambda: blocks_dir.mkdir())
+    lock = _lock(blocks_dir, out)
+    try:
+        per_block = _block_rows(info, downloader.block_bytes)
+        if not fresh:
+            previous = _check_resumable(blocks_dir, identity, target, version)
+            # the blocks on disk were cut by the first run's block size, whatever it is now
+            per_block = int(previous.get("rows_per_block") or per_block)
+            await _check_saved_block(downloader, info, dim, blocks_dir, per_block,
+                                     downloader.table.session.config, previous, version)
+        _write_json(blocks_dir / "source.json",
+                    {**identity, "rows_per_block": per_block, "remote_version": version})
+        return await _fill_and_finish(downloader, target, info, dim, identity, blocks_dir,
+                                      part, fmt, per_block, started)
+    finally:
+        os.close(lock)
 
-    per_block = _block_rows(info, downloader.block_bytes)
+
+def _lock(blocks_dir: Path, out: Path) -> int:
+    """Hold ``blocks_dir/lock``: one process at a time fills a table download."""
+    fd = os.open(blocks_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise LockedError(f"another process is downloading to {out} right now "
+                              f"({blocks_dir} is locked)") from None
+    return fd
+
+
+async def _check_saved_block(downloader: BulkDownloader, info: ArrayInfo, dim: DimSelection,
+                             blocks_dir: Path, per_block: int, cfg: Any,
+                             previous: dict[str, Any], version: Any) -> None:
+    """Without a ``ts`` to vouch for the remote's version, fetch the last saved block again
+    and compare: other values mean the table changed, and resuming would mix versions."""
+    if version is not None and previous.get("remote_version") is not None:
+        return
+    saved = sorted(n for n in os.listdir(blocks_dir) if n.endswith(".npy") and n[:-4].isdigit())
+    if not saved:
+        return
+    b = int(saved[-1][:-4])
+    k0, k1 = b * per_block, min(dim.count, (b + 1) * per_block)
+    rows = DimSelection(dim.first + k0 * dim.step if k1 > k0 else 0, dim.step, k1 - k0)
+    now = await read_table(downloader.table, info, rows, None, config=cfg)
+    kept = np.load(blocks_dir / saved[-1], allow_pickle=False)
+    if now.tobytes() != kept.tobytes() or now.dtype != kept.dtype:
+        raise ResumeError(
+            f"the remote table {info.uniq}/{info.path} changed since {blocks_dir} was "
+            f"started: rows {k0}:{k1} of the selection hold other values now; resuming "
+            "would mix two versions, so rerun with --restart to download it again")
+
+
+async def _fill_and_finish(downloader: BulkDownloader, target: Target, info: ArrayInfo,
+                           dim: DimSelection, identity: dict[str, Any], blocks_dir: Path,
+                           part: Path, fmt: str, per_block: int,
+                           started: float) -> FileResult:
+    """Fetch the missing blocks, then assemble the output."""
+    from aiobisque.bulk import FileResult, _in_thread
+
+    out = target.output
+    shape = (dim.count,)
     n_blocks = max(1, -(-dim.count // per_block))
     files = list(_block_files(blocks_dir, n_blocks))
     resumed = sum(1 for f in files if f.exists())
@@ -274,7 +360,11 @@ async def download_table(downloader: BulkDownloader, target: Target, info: Array
 
     def finish() -> np.dtype[Any]:
         try:
-            dtype = _assemble(part, files, fmt, identity["dataset"], attrs)
+            dtype, total = _assemble(part, files, fmt, identity["dataset"], attrs)
+            if total != dim.count:  # never finalise a file with rows missing or to spare
+                raise ResumeError(
+                    f"{blocks_dir} holds {total:,} rows where the selection has "
+                    f"{dim.count:,}; rerun with --restart to download it again")
             os.replace(part, out)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):

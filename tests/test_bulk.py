@@ -62,6 +62,11 @@ def write_folder(folder: Path) -> None:
     for i, dt in enumerate(DTYPES):
         samples.write_array(folder, "types", f"t{i}", (9, 7, 5), dtype=dt, seed=i)
     samples.write_table(folder, "tab", "rows", nrows=40)
+    # h5py's booleans in a table: PyTables (so BisQue) types the column 'enum'
+    with h5py.File(folder / "types.h5", "a") as h5:
+        flags = h5.create_dataset("flags", data=np.array([(1, True)],
+                                                         dtype=[("n", "<i4"), ("b", "?")]))
+        flags.attrs["CLASS"] = np.bytes_("TABLE")
 
 
 SAMPLES = write_folder
@@ -778,3 +783,87 @@ def test_block_shape_counts_without_listing(shape: tuple, block_bytes: int) -> N
     for b in range(len(grid)):
         brute[grid.block_shape(b)] = brute.get(grid.block_shape(b), 0) + 1
     assert grid.shape_counts() == brute
+
+
+async def interrupted_table_download(session: BisqueSession, server: TableServer,
+                                     target: Target, block_bytes: int) -> list[str]:
+    """Start a table download over a slow link and stop it once two blocks are saved."""
+    server.faults = FaultPlan(latency=0.05)
+    task = asyncio.create_task(
+        BulkDownloader(session.table, block_bytes=block_bytes).download(target))
+    blocks = target.output.with_name(target.output.name + ".part.d")
+    deadline = time.monotonic() + 20
+    # polls the folder: no event tells when a block file appears
+    while len(list_blocks(blocks)) < 2 and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    server.faults = FaultPlan()
+    return list_blocks(blocks)
+
+
+async def test_table_resume_keeps_the_first_runs_blocks_whatever_the_block_size_now(
+        session: BisqueSession, server: TableServer, folder: Path, tmp_path: Path) -> None:
+    target = Target("tab", "rows", tmp_path / "t.npy")
+    assert len(await interrupted_table_download(session, server, target, 200)) >= 2
+    result = await BulkDownloader(session.table, block_bytes=1 << 20).download(target)
+    got = np.load(target.output)
+    assert len(got) == 40 and result.resumed_blocks >= 2
+    np.testing.assert_array_equal(got["id"], expected(folder, "tab", "rows")["id"])
+
+
+async def test_a_changed_remote_table_is_not_mixed_in(tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    samples.write_table(remote, "tab", "rows", nrows=40)
+    target = Target("tab", "rows", tmp_path / "t.npy")
+    async with run_server(remote, users=USERS) as srv:
+        async with BisqueSession(srv.root, auth=USER, config=SMALL) as s:
+            assert len(await interrupted_table_download(s, srv, target, 200)) >= 2
+            # same rows and columns, other values; written whole to a new file, renamed in
+            samples.write_table(tmp_path, "changed", "rows", nrows=40, seed=9)
+            later = time.time() + 10  # the data service's ts has a resolution of seconds
+            os.utime(tmp_path / "changed.h5", (later, later))
+            os.replace(tmp_path / "changed.h5", remote / "tab.h5")
+            with pytest.raises(ResumeError, match="changed since"):
+                await BulkDownloader(s.table, block_bytes=200).download(target)
+    assert not target.output.exists()
+
+
+async def test_a_table_no_download_can_read_leaves_no_files(session: BisqueSession,
+                                                            tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedError, match="enum"):
+        await BulkDownloader(session.table).download(Target("types", "flags", tmp_path / "f.npy"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_one_process_at_a_time_fills_a_table_download(tmp_path: Path) -> None:
+    from aiobisque.journal import LockedError
+    from aiobisque.table_download import _lock
+
+    first = _lock(tmp_path, tmp_path / "t.npy")
+    try:
+        with pytest.raises(LockedError, match="another process is downloading"):
+            _lock(tmp_path, tmp_path / "t.npy")
+    finally:
+        os.close(first)
+
+
+async def test_without_a_ts_a_saved_table_block_is_read_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def no_version(self: BulkDownloader, uniq: str) -> None:
+        return None
+
+    monkeypatch.setattr(BulkDownloader, "remote_version", no_version)
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    samples.write_table(remote, "tab", "rows", nrows=40)
+    target = Target("tab", "rows", tmp_path / "t.npy")
+    async with run_server(remote, users=USERS) as srv:
+        async with BisqueSession(srv.root, auth=USER, config=SMALL) as s:
+            assert len(await interrupted_table_download(s, srv, target, 200)) >= 2
+            samples.write_table(tmp_path, "changed", "rows", nrows=40, seed=9)
+            os.replace(tmp_path / "changed.h5", remote / "tab.h5")
+            with pytest.raises(ResumeError, match=r"rows \d+:\d+ of the selection hold other"):
+                await BulkDownloader(s.table, block_bytes=200).download(target)

@@ -31,7 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, metavar="FILE",
                    help="output file: .npy, .h5 or .hdf5 (tables also .csv)")
     p.add_argument("--slices", default="", metavar="SPEC",
-                   help="numpy selection as text, e.g. '10:20, :, -1' or '..., ::2'")
+                   help="numpy selection as text, e.g. '10:20, :, -1' or '..., ::2'; one "
+                        "that starts with '-' is written --slices=-3:")
     p.add_argument("--dataset", metavar="NAME",
                    help="HDF5 dataset name (default: the path's last component)")
     p.add_argument("--compression", choices=("gzip", "lzf", "none"), default="none",
