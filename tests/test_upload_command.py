@@ -144,3 +144,22 @@ def test_root_from_the_environment_as_for_downloads(srv: TableServer, tmp_path: 
     monkeypatch.delenv("BISQUE_ROOT")
     assert main(["upload", str(tmp_path / "e.npy"), "--name", "env", "--user", "alice"]) == 2
     assert "no server given" in capsys.readouterr().err
+
+
+def test_a_pytables_dataset_keeps_its_booleans(srv: TableServer, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import tables
+
+    with tables.open_file(str(tmp_path / "t.h5"), "w") as f:
+        t = f.create_table("/", "feat", {"n": tables.Int32Col(pos=0),
+                                         "flag": tables.BoolCol(pos=1)})
+        t.append([(1, True), (2, False)])
+        t.flush()
+    args = upload(srv, str(tmp_path / "t.h5"), "--name", "flags", "--dataset", "/feat")
+    assert main(["upload", *args]) == 0
+    uniq = capsys.readouterr().out.strip()
+    with Session(srv.root, auth=("alice", "wonderland")) as session:
+        info = session.info(uniq, "flags")
+        got = session.load_table(uniq, "flags")
+    assert info.columns == {"n": "int32", "flag": "bool"}
+    assert got["flag"].dtype == np.bool_ and list(got["flag"]) == [True, False]

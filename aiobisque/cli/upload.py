@@ -78,13 +78,25 @@ def _load_npy(path: Path) -> np.ndarray[Any, Any]:
 
 
 def _load_dataset(path: Path, dataset: str) -> np.ndarray[Any, Any]:
+    """The dataset as PyTables reads it (so as BisQue will): PyTables' booleans are
+    bitfields, which h5py would read as uint8."""
+    import warnings
+
     import h5py
+    import tables
 
     with h5py.File(path, "r") as h5:
-        node = h5.get(dataset)
-        if not isinstance(node, h5py.Dataset):
+        if not isinstance(h5.get(dataset), h5py.Dataset):
             raise UsageError(f"{path} has no dataset {dataset!r}")
-        return np.asarray(node[()])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", tables.NaturalNameWarning)
+        with tables.open_file(str(path), "r") as f:
+            try:
+                return np.asarray(f.get_node("/" + dataset.strip("/")).read())
+            except (tables.NoSuchNodeError, TypeError, ValueError, NotImplementedError):
+                pass
+    with h5py.File(path, "r") as h5:  # a type PyTables does not read: as h5py reads it
+        return np.asarray(h5[dataset][()])
 
 
 def _what(args: argparse.Namespace) -> tuple[str, Any]:
