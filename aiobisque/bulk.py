@@ -124,6 +124,7 @@ class Target:
 
     ``slices`` is numpy index text (``"10:20, :, -1"``; empty: everything). ``dataset`` and
     ``compression`` apply to HDF5 outputs (default dataset name: the path's last component).
+    ``columns`` names the columns of a table to keep (default: all); arrays have none.
     """
 
     uniq: str
@@ -132,8 +133,11 @@ class Target:
     slices: str = ""
     dataset: str | None = None
     compression: str | None = None
+    columns: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.columns is not None:
+            object.__setattr__(self, "columns", tuple(self.columns))
         object.__setattr__(self, "output", Path(self.output))
         object.__setattr__(self, "uniq", parse_uniq(self.uniq))
         if not split_path(self.path):
@@ -275,6 +279,8 @@ class BulkDownloader:
             return await self._download_table(target, info, started)
         if info.kind != "matrix":
             raise not_an_array(info)
+        if target.columns is not None:
+            raise UsageError(f"{target.where} is an array: columns apply to tables only")
         if output_format(out) in TABLE_ONLY_FORMATS:
             raise UsageError(f"{out}: {output_format(out)} outputs are for tables, and "
                              f"{target.where} is an array; write it to .npy or .h5")

@@ -87,7 +87,8 @@ def select_columns(info: ArrayInfo, columns: str | Sequence[str] | None) -> list
     if odd:
         raise UnsupportedError(
             f"{where}: columns {', '.join(odd)} have PyTables types aiobisque cannot map to "
-            "a numpy type; leave them out with columns=[...]")
+            "a numpy type; leave them out with columns=[...] (--columns A,B on the command "
+            "line)")
     return wanted
 
 

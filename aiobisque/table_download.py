@@ -81,6 +81,7 @@ def _identity(downloader: BulkDownloader, target: Target, info: ArrayInfo) -> di
         "dataset": target.dataset or split_path(info.path)[-1],
         "rows": info.shape[0] if info.shape else 0,
         "columns": dict(info.columns),
+        "wanted": list(target.columns) if target.columns is not None else None,
     }
 
 
@@ -120,7 +121,7 @@ def _check_resumable(blocks_dir: Path, identity: dict[str, Any], target: Target,
     if previous is None:
         raise ResumeError(f"{blocks_dir} has no readable source.json, so its blocks cannot "
                           "be trusted; rerun with --restart to start over")
-    for key in ("root", "uniq", "path", "selection", "format", "dataset"):
+    for key in ("root", "uniq", "path", "selection", "format", "dataset", "wanted"):
         if previous.get(key) != identity[key]:
             raise ResumeError(f"{blocks_dir} holds another download ({key} "
                               f"{previous.get(key)!r} there, {identity[key]!r} now); rerun "
@@ -263,7 +264,8 @@ async def download_table(downloader: BulkDownloader, target: Target, info: Array
             return FileResult(target, shape, np.dtype(info.dtype), 1, skipped=True)
         raise OutputExistsError(f"{out} already exists and is not this download; rerun "
                                 "with --restart to replace it")
-    select_columns(info, None)  # a column no download can read: refused before any file
+    # a column no download can read: refused before any file is made
+    select_columns(info, target.columns)
     version = await downloader.remote_version(info.uniq)
     if downloader.restart and blocks_dir.exists():
         await _in_thread(lambda: shutil.rmtree(blocks_dir))
@@ -313,7 +315,8 @@ async def _check_saved_block(downloader: BulkDownloader, info: ArrayInfo, dim: D
     b = int(saved[-1][:-4])
     k0, k1 = b * per_block, min(dim.count, (b + 1) * per_block)
     rows = DimSelection(dim.first + k0 * dim.step if k1 > k0 else 0, dim.step, k1 - k0)
-    now = await read_table(downloader.table, info, rows, None, config=cfg)
+    wanted = previous.get("wanted")
+    now = await read_table(downloader.table, info, rows, wanted, config=cfg)
     kept = np.load(blocks_dir / saved[-1], allow_pickle=False)
     if now.tobytes() != kept.tobytes() or now.dtype != kept.dtype:
         raise ResumeError(
@@ -349,8 +352,8 @@ async def _fill_and_finish(downloader: BulkDownloader, target: Target, info: Arr
         rows = DimSelection(dim.first + k0 * dim.step if k1 > k0 else 0, dim.step, k1 - k0)
         part_stats = DownloadStats()
         try:
-            records = await read_table(downloader.table, info, rows, None, config=cfg,
-                                       stats=part_stats)
+            records = await read_table(downloader.table, info, rows, target.columns,
+                                       config=cfg, stats=part_stats)
         finally:
             stats.add(part_stats)
         await _in_thread(functools.partial(_save_block, file, records))

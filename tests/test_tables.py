@@ -5,6 +5,7 @@ Truth comes from PyTables reading the same files the embedded (faithful) server 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -319,3 +320,26 @@ def test_cli_writes_the_table_exactly(thread_server: TableServer, folder: Path,
             assert line == [str(record["id"]), repr(float(record["volume"])),
                             str(bool(record["active"])), record["phase"].decode(),
                             str(record["count"]), str(record["small"])]
+
+
+def test_cli_columns_leave_out_what_cannot_be_read(thread_server: TableServer, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from aiobisque.cli import main
+
+    monkeypatch.setenv("BISQUE_PASSWORD", USER[1])
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    login = ["--user", USER[0], "--no-progress"]
+    out = tmp_path / "flags.npy"
+    # h5py's booleans are an 'enum' column: the whole table cannot be read, its other columns can
+    assert main(["download", thread_server.root, "feat", "flags", "-o", str(out), *login]) == 1
+    err = capsys.readouterr().err
+    assert "flag (enum)" in err and not out.exists()
+    assert os.listdir(tmp_path) == []  # refused before any file was made
+    assert main(["download", thread_server.root, "feat", "flags", "-o", str(out), "--columns",
+                 "n", *login]) == 0
+    got = np.load(out)
+    assert got.dtype.names == ("n",) and list(got["n"]) == [1, 2]
+    assert main(["download", thread_server.root, "feat", "scalar", "-o", str(tmp_path / "s.npy"),
+                 "--columns", "n", *login]) == 2
+    assert "columns apply to tables only" in capsys.readouterr().err

@@ -33,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slices", default="", metavar="SPEC",
                    help="numpy selection as text, e.g. '10:20, :, -1' or '..., ::2'; one "
                         "that starts with '-' is written --slices=-3:")
+    p.add_argument("--columns", metavar="A,B,...",
+                   help="of a table, only these columns, in this order (default: all)")
     p.add_argument("--dataset", metavar="NAME",
                    help="HDF5 dataset name (default: the path's last component)")
     p.add_argument("--compression", choices=("gzip", "lzf", "none"), default="none",
@@ -62,6 +64,8 @@ def _targets(args: argparse.Namespace, rest: list[str]) -> list[Target]:
                                f"not {' '.join(rest)}")
         if args.output is not None or args.slices:
             raise CommandError("-o/--slices do not go with --from-list (each line has its own)")
+        if args.columns:
+            raise CommandError("--columns does not go with --from-list")
         return read_list(args.from_list, dataset=args.dataset, compression=compression)
     if len(rest) != 2:
         raise CommandError("download needs UNIQ and PATH (or --from-list FILE)")
@@ -73,8 +77,9 @@ def _targets(args: argparse.Namespace, rest: list[str]) -> list[Target]:
                 if value is not None:
                     raise CommandError(f"{option} applies to .h5/.hdf5 outputs, "
                                        f"not {args.output}")
+        columns = tuple(c.strip() for c in args.columns.split(",")) if args.columns else None
         return [Target(rest[0], rest[1], args.output, args.slices, dataset=args.dataset,
-                       compression=compression)]
+                       compression=compression, columns=columns)]
     except ARGUMENT_ERRORS as exc:
         raise CommandError(str(exc)) from None
 
