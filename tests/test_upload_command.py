@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -163,3 +164,20 @@ def test_a_pytables_dataset_keeps_its_booleans(srv: TableServer, tmp_path: Path,
         got = session.load_table(uniq, "flags")
     assert info.columns == {"n": "int32", "flag": "bool"}
     assert got["flag"].dtype == np.bool_ and list(got["flag"]) == [True, False]
+
+
+def test_an_interrupted_upload_names_its_upload_id(srv: TableServer, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import aiobisque.cli.upload
+
+    def interrupted(coro: Any) -> Any:
+        coro.close()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(aiobisque.cli.upload, "run", interrupted)
+    np.save(tmp_path / "i.npy", np.arange(3))
+    assert main(["upload", *upload(srv, str(tmp_path / "i.npy"), "--name", "int",
+                                   "--tags", "upload_id=abc123")]) == 4
+    err = capsys.readouterr().err
+    assert "may or may not have been stored" in err and "upload_id=abc123" in err

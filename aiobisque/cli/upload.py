@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,8 @@ def main(args: argparse.Namespace) -> int:
     args.file = rest[0]
     name = check_name(args.name)
     tags = parse_tags(args.tags)
+    # chosen here, so that an interrupted upload can still be looked for
+    tags.setdefault("upload_id", secrets.token_hex(10))
     kind, data = _what(args)  # every check before anything is sent
     auth = resolve_auth(args, root)
     session = make_session(args, root, auth)
@@ -151,6 +154,12 @@ def main(args: argparse.Namespace) -> int:
         result = run(_upload(session, kind, data, name, tags))
     except UploadUncertainError as exc:
         print(f"aiobisque upload: error: {exc}", file=sys.stderr)
+        return EXIT_UNCERTAIN
+    except KeyboardInterrupt:
+        print(f"aiobisque upload: interrupted; {name}.h5 may or may not have been stored: "
+              f"look for a resource with the tag upload_id={tags['upload_id']} before "
+              f"uploading again (--tags upload_id={tags['upload_id']} keeps the same id)",
+              file=sys.stderr)
         return EXIT_UNCERTAIN
     if args.json:
         print(json.dumps({
