@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiobisque.server import samples, serve_in_thread
 from benchmarks.reliability import write_section
+from benchmarks.report import markdown_table
 
 UNIQ, PATH, SHAPE = "00-cliMemory", "volume", (256, 512, 512)
 USER, PASSWORD = "bench", "bench-password"
@@ -103,9 +104,8 @@ def main() -> int:
         f"process; peak RSS of that process, median and worst of {args.repeat} runs. "
         "Issue 7's bar: about 192 MiB.",
         "",
-        "| output | seconds (median) | peak RSS MiB (median) | peak RSS MiB (worst) | bit-exact |",
-        "|---|---|---|---|---|",
-        *("| " + " | ".join(r) + " |" for r in rows),
+        *markdown_table(("output", "seconds (median)", "peak RSS MiB (median)",
+                         "peak RSS MiB (worst)", "bit-exact"), rows),
         "",
     ]
     text = "\n".join(lines)

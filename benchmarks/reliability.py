@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiobisque import BisqueSession, DownloadStats
 from aiobisque.server import FaultPlan, run_server, samples
+from benchmarks.report import markdown_table
 
 UNIQ, PATH = "00-reliability", "volume"
 SHAPE = (1500, 64, 64)  # one 16 KiB plane per request
@@ -301,9 +302,7 @@ def issue_table(rows: list[list[str]]) -> str:
         "(HDF5 metadata included); for kill -9, body bytes the server sent across all runs",
         "beyond the array's.",
         "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-        *("| " + " | ".join(r) + " |" for r in rows),
+        *markdown_table(head, rows),
         "",
     ])
 
@@ -321,9 +320,7 @@ def table(rows: list[list[str]], command: str) -> str:
         f"default options except `read_timeout=1.0`; {total:,} chunk requests in all "
         "(after one unrecorded warm-up download).",
         "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-        *("| " + " | ".join(r) + " |" for r in rows),
+        *markdown_table(head, rows),
         "",
     ]
     return "\n".join(lines)

@@ -21,7 +21,10 @@ from benchmarks.contenders import CONTENDERS
 from benchmarks.harness import Row
 from benchmarks.scenarios import GiB
 
-__all__ = ["conditions", "results_section", "sweep_section", "targets", "update_section"]
+__all__ = [
+    "conditions", "markdown_table", "results_section", "sweep_section", "targets",
+    "update_section",
+]
 
 _OURS = ("aiobisque-asyncio", "aiobisque-uvloop")
 
@@ -166,7 +169,8 @@ def _extra_mib(row: Row) -> float | None:
     return None if growth is None else (growth - row.sample.nbytes) / MiB
 
 
-def _table(header: Sequence[str], lines: Iterable[Sequence[str]]) -> list[str]:
+def markdown_table(header: Sequence[str], lines: Iterable[Sequence[str]]) -> list[str]:
+    """The lines of a Markdown table: a header row, its rule, one row per line."""
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(line) + " |" for line in lines]
     return out
@@ -205,7 +209,7 @@ def results_section(rows: Sequence[Row], *, repeat: int, conditions_lines: Seque
     """The ``results`` section of ``RESULTS.md``."""
     out = ["## Results", "", *conditions_lines, "", "### Headline", "",
            *_headline(rows, repeat), "", "### Targets", ""]
-    out += _table(("target", "measured", "verdict"), targets(rows))
+    out += markdown_table(("target", "measured", "verdict"), targets(rows))
     out += ["", f"### All measurements (medians of {repeat} runs)", "",
             "Seconds: the download alone (setup and imports excluded). *Of link limit*: "
             "`latency + bytes / shared bandwidth` divided by the seconds. Requests and retries "
@@ -225,7 +229,7 @@ def results_section(rows: Sequence[Row], *, repeat: int, conditions_lines: Seque
             _fmt(None if row.faults_per_gib is None else row.faults_per_gib / 1000, ".1f"),
             _fmt(row.rss_growth, ".2f", "x"), row.exact,
         ))
-    out += _table(("scenario", "array", "contender", "seconds", "MB/s", "of link limit",
+    out += markdown_table(("scenario", "array", "contender", "seconds", "MB/s", "of link limit",
                    "requests", "retries", "CPU s/GiB", "alloc CPU s/GiB", "k faults/GiB", "RSS growth",
                    "exact"), lines)
     out += ["", "Contenders: " + "; ".join(f"`{k}`: {v}" for k, v in CONTENDERS.items()) + "."]
@@ -246,7 +250,7 @@ def results_section(rows: Sequence[Row], *, repeat: int, conditions_lines: Seque
                               _fmt(secs, ".2f"), _fmt(_ratio(limit, secs), ".0%"),
                               str(r.requests), injected,
                               {True: "yes", None: "bytes", False: "NO"}[r.exact]))
-        out += _table(("scenario", "contender", "seed", "seconds", "of link limit",
+        out += markdown_table(("scenario", "contender", "seed", "seconds", "of link limit",
                        "requests", "faults injected", "exact"), per_run)
     errors = [f"- {row.scenario.name} / {row.entrant.label} #{r.repeat}: {r.error or 'mismatch'}"
               for row in rows for r in row.failed]
@@ -282,7 +286,7 @@ def sweep_section(rows: Sequence[Row], *, repeat: int, conditions_lines: Sequenc
                     line.append(f"{row.seconds:.2f} s, {_fmt(row.cpu_per_gib, '.2f')} CPU, "
                                 f"{_fmt(row.rss_growth, '.2f')}x")
             lines.append(line)
-        out += _table(("request_bytes", *(f"concurrency {c}" for c in concurrency)), lines)
+        out += markdown_table(("request_bytes", *(f"concurrency {c}" for c in concurrency)), lines)
         best = min((r for r in mine if r.seconds), key=lambda r: r.seconds or 0.0, default=None)
         if best is not None:
             out += ["", f"Fastest: {best.entrant.label.split(' ', 1)[1]} "

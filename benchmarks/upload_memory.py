@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiobisque.server import serve_in_thread
 from benchmarks.reliability import write_section
+from benchmarks.report import markdown_table
 
 SHAPE = (256, 512, 512)
 USER, PASSWORD = "bench", "bench-password"
@@ -136,9 +137,8 @@ def main() -> int:
         "the process's RSS after imports and login, divided by the array's size (1.0 is the "
         f"array itself), median and worst of {args.repeat} runs. Issue 16's bar: 1.2.",
         "",
-        "| client | seconds (median) | peak growth / array (median) | (worst) | bit-exact |",
-        "|---|---|---|---|---|",
-        *("| " + " | ".join(r) + " |" for r in rows),
+        *markdown_table(("client", "seconds (median)", "peak growth / array (median)",
+                         "(worst)", "bit-exact"), rows),
         "",
     ]
     text = "\n".join(lines)
