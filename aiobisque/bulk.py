@@ -286,7 +286,7 @@ class BulkDownloader:
                              f"{target.where} is an array; write it to .npy or .h5")
         arr = RemoteArray(self.table, info)
         arr.check_readable()  # before any file is made
-        version = await self._remote_version(arr)
+        version = await self.remote_version(arr.info.uniq)
         prepared: list[Course] = []
 
         def prepare() -> Course:
@@ -347,9 +347,6 @@ class BulkDownloader:
         from aiobisque.table_download import download_table
 
         return await download_table(self, target, info, started)
-
-    async def _remote_version(self, arr: RemoteArray) -> dict[str, Any] | None:
-        return await self.remote_version(arr.info.uniq)
 
     async def remote_version(self, uniq: str) -> dict[str, Any] | None:
         """What identifies a resource's version: its ``ts`` from the data service.

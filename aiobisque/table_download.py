@@ -42,6 +42,7 @@ from aiobisque.errors import OutputExistsError, ResumeError, SelectionError, Usa
 from aiobisque.outputs import output_format
 from aiobisque.progress import DownloadStats
 from aiobisque.protocol import ArrayInfo, redact_url, split_path
+from aiobisque.resume import sibling
 from aiobisque.selection import DimSelection, normalize_selection
 from aiobisque.slices import format_slices
 
@@ -55,10 +56,6 @@ log = logging.getLogger("aiobisque")
 #: bytes a text cell is counted as when sizing row blocks (its width is unknown)
 _TEXT_CELL_BYTES = 32
 _RECORD_SUFFIX = ".source.json"
-
-
-def _sibling(path: Path, suffix: str) -> Path:
-    return path.with_name(path.name + suffix)
 
 
 def _rows(info: ArrayInfo, index: tuple[Any, ...], target: Target) -> DimSelection:
@@ -94,7 +91,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    tmp = _sibling(path, f".{os.getpid()}.tmp")
+    tmp = sibling(path, f".{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=1)
         f.flush()
@@ -104,7 +101,7 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
 
 def _finished(out: Path, identity: dict[str, Any]) -> bool:
     """Whether ``out`` provably holds this download (its record matches, file unchanged)."""
-    record = _read_json(_sibling(out, _RECORD_SUFFIX))
+    record = _read_json(sibling(out, _RECORD_SUFFIX))
     if record is None or record.get("identity") != identity:
         return False
     try:
@@ -152,7 +149,7 @@ def _block_rows(info: ArrayInfo, block_bytes: int) -> int:
 
 
 def _save_block(path: Path, records: np.ndarray[Any, Any]) -> None:
-    tmp = _sibling(path, f".{os.getpid()}.tmp")
+    tmp = sibling(path, f".{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
             np.save(f, records, allow_pickle=False)
@@ -253,8 +250,8 @@ async def download_table(downloader: BulkDownloader, target: Target, info: Array
         raise UsageError("compression applies to array outputs, not to tables")
     dim = _rows(info, target.index, target)
     identity = _identity(downloader, target, info)
-    blocks_dir = _sibling(out, ".part.d")
-    part = _sibling(out, ".part")
+    blocks_dir = sibling(out, ".part.d")
+    part = sibling(out, ".part")
     shape = (dim.count,)
     if not downloader.restart and out.exists() and not blocks_dir.exists():
         if _finished(out, identity):
@@ -374,7 +371,7 @@ async def _fill_and_finish(downloader: BulkDownloader, target: Target, info: Arr
                 part.unlink()
             raise
         st = out.stat()
-        _write_json(_sibling(out, _RECORD_SUFFIX),
+        _write_json(sibling(out, _RECORD_SUFFIX),
                     {"identity": identity, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
         shutil.rmtree(blocks_dir)
         return dtype

@@ -813,7 +813,15 @@ async def test_table_resume_keeps_the_first_runs_blocks_whatever_the_block_size_
     np.testing.assert_array_equal(got["id"], expected(folder, "tab", "rows")["id"])
 
 
-async def test_a_changed_remote_table_is_not_mixed_in(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ts", ["moved", "none"])
+async def test_a_changed_remote_table_is_not_mixed_in(tmp_path: Path, ts: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """``moved``: the data service's ts changed; ``none``: no ts (so a saved block is read
+    again and compared)."""
+    if ts == "none":
+        async def no_version(self: BulkDownloader, uniq: str) -> None:
+            return None
+        monkeypatch.setattr(BulkDownloader, "remote_version", no_version)
     remote = tmp_path / "remote"
     remote.mkdir()
     samples.write_table(remote, "tab", "rows", nrows=40)
@@ -823,10 +831,12 @@ async def test_a_changed_remote_table_is_not_mixed_in(tmp_path: Path) -> None:
             assert len(await interrupted_table_download(s, srv, target, 200)) >= 2
             # same rows and columns, other values; written whole to a new file, renamed in
             samples.write_table(tmp_path, "changed", "rows", nrows=40, seed=9)
-            later = time.time() + 10  # the data service's ts has a resolution of seconds
-            os.utime(tmp_path / "changed.h5", (later, later))
+            if ts == "moved":
+                later = time.time() + 10  # the data service's ts has a resolution of seconds
+                os.utime(tmp_path / "changed.h5", (later, later))
             os.replace(tmp_path / "changed.h5", remote / "tab.h5")
-            with pytest.raises(ResumeError, match="changed since"):
+            why = "changed since" if ts == "moved" else r"rows \d+:\d+ of the selection hold other"
+            with pytest.raises(ResumeError, match=why):
                 await BulkDownloader(s.table, block_bytes=200).download(target)
     assert not target.output.exists()
 
@@ -848,22 +858,3 @@ def test_one_process_at_a_time_fills_a_table_download(tmp_path: Path) -> None:
             _lock(tmp_path, tmp_path / "t.npy")
     finally:
         os.close(first)
-
-
-async def test_without_a_ts_a_saved_table_block_is_read_again(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    async def no_version(self: BulkDownloader, uniq: str) -> None:
-        return None
-
-    monkeypatch.setattr(BulkDownloader, "remote_version", no_version)
-    remote = tmp_path / "remote"
-    remote.mkdir()
-    samples.write_table(remote, "tab", "rows", nrows=40)
-    target = Target("tab", "rows", tmp_path / "t.npy")
-    async with run_server(remote, users=USERS) as srv:
-        async with BisqueSession(srv.root, auth=USER, config=SMALL) as s:
-            assert len(await interrupted_table_download(s, srv, target, 200)) >= 2
-            samples.write_table(tmp_path, "changed", "rows", nrows=40, seed=9)
-            os.replace(tmp_path / "changed.h5", remote / "tab.h5")
-            with pytest.raises(ResumeError, match=r"rows \d+:\d+ of the selection hold other"):
-                await BulkDownloader(s.table, block_bytes=200).download(target)

@@ -43,9 +43,9 @@ async def test_changed_values_with_the_same_shape_are_refused(
     """``moved``: the data service's ts changed; ``none``: a server that gives no ts (so
     only the saved block's checksum can tell)."""
     if ts == "none":
-        async def no_version(self: BulkDownloader, arr: object) -> None:
+        async def no_version(self: BulkDownloader, uniq: str) -> None:
             return None
-        monkeypatch.setattr(BulkDownloader, "_remote_version", no_version)
+        monkeypatch.setattr(BulkDownloader, "remote_version", no_version)
     remote = tmp_path / "remote"
     remote.mkdir()
     samples.write_array(remote, "vol", "volume", SHAPE, dtype="float32", seed=1)
