@@ -31,6 +31,7 @@ budget of block buffers.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import errno
@@ -41,6 +42,7 @@ import os
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -203,13 +205,25 @@ def _size(n: int) -> str:
     return f"{n} B"  # pragma: no cover
 
 
+#: threads for file work: mostly waiting for fsync (which releases the GIL), so many more
+#: than cores pay when many small files are saved at once
+FILE_THREADS = 32
+_FILE_POOL: list[ThreadPoolExecutor] = []
+
+
+def _file_threads() -> ThreadPoolExecutor:
+    if not _FILE_POOL:
+        _FILE_POOL.append(ThreadPoolExecutor(FILE_THREADS, thread_name_prefix="aiobisque-file"))
+    return _FILE_POOL[0]
+
+
 async def _in_thread(fn: Callable[[], T]) -> T:
     """Run blocking file work in a thread; never return while that thread still runs.
 
     A cancelled caller waits for the thread to finish, so the output is never closed
     under a write.
     """
-    fut = asyncio.ensure_future(asyncio.to_thread(fn))
+    fut = asyncio.get_running_loop().run_in_executor(_file_threads(), fn)
     try:
         return await asyncio.shield(fut)
     except asyncio.CancelledError:
@@ -274,9 +288,17 @@ class BulkDownloader:
         out = target.output
         if not out.parent.is_dir():
             raise UsageError(f"cannot write {out}: folder {out.parent} does not exist")
-        info = await self.table.info(target.uniq, target.path)
+        # the version is asked for alongside the info: one round trip for both
+        asking = asyncio.ensure_future(self.remote_version(target.uniq))
+        try:
+            info = await self.table.info(target.uniq, target.path)
+        except BaseException:
+            asking.cancel()
+            await asyncio.wait([asking])
+            raise
+        version = await asking
         if info.kind == "table":
-            return await self._download_table(target, info, started)
+            return await self._download_table(target, info, started, version)
         if info.kind != "matrix":
             raise not_an_array(info)
         if target.columns is not None:
@@ -286,7 +308,6 @@ class BulkDownloader:
                              f"{target.where} is an array; write it to .npy or .h5")
         arr = RemoteArray(self.table, info)
         arr.check_readable()  # before any file is made
-        version = await self.remote_version(arr.info.uniq)
         prepared: list[Course] = []
 
         def prepare() -> Course:
@@ -341,12 +362,12 @@ class BulkDownloader:
         finally:
             state.close()
 
-    async def _download_table(self, target: Target, info: ArrayInfo,
-                              started: float) -> FileResult:
+    async def _download_table(self, target: Target, info: ArrayInfo, started: float,
+                              version: dict[str, Any] | None) -> FileResult:
         """A table, in row blocks resumed like an array's (see :mod:`aiobisque.table_download`)."""
         from aiobisque.table_download import download_table
 
-        return await download_table(self, target, info, started)
+        return await download_table(self, target, info, started, version)
 
     async def remote_version(self, uniq: str) -> dict[str, Any] | None:
         """What identifies a resource's version: its ``ts`` from the data service.
@@ -548,19 +569,23 @@ class BulkDownloader:
     # -- many files -------------------------------------------------------------------
 
     async def download_all(
-        self, targets: Iterable[Target], *, jobs: int = 4
+        self, targets: Iterable[Target], *, jobs: int | None = None
     ) -> list[FileResult | BaseException]:
-        """Download several targets concurrently, ``jobs`` files at a time.
+        """Download several targets concurrently.
 
-        One file failing (any :class:`~aiobisque.BisqueError` or ``OSError``) does not
-        stop the others: its exception takes its place in the returned list. Cancellation
-        stops everything, leaving ``.part`` files to resume.
+        ``jobs`` files at a time, or by default as many as keep the session's adaptive
+        window busy (twice its current size: a file spends part of its time on its own
+        disk work, and the window grows only while requests queue for it). One file
+        failing (any :class:`~aiobisque.BisqueError` or ``OSError``) does not stop the
+        others: its exception takes its place in the returned list. Cancellation stops
+        everything, leaving ``.part`` files to resume.
         """
         targets = list(targets)
-        if jobs < 1:
+        if jobs is not None and jobs < 1:
             raise UsageError(f"jobs must be >= 1, got {jobs}")
         _check_distinct(targets)
-        gate = asyncio.Semaphore(jobs)
+        limiter = self.table.session.transport.limiter
+        gate = _Gate((lambda: jobs) if jobs is not None else (lambda: 2 * limiter.limit))
 
         async def one(target: Target) -> FileResult | BaseException:
             async with gate:
@@ -571,6 +596,39 @@ class BulkDownloader:
                     return exc
 
         return list(await asyncio.gather(*(one(t) for t in targets)))
+
+
+class _Gate:
+    """At most ``limit()`` holders at once, first come first served; the limit may change
+    between calls (it is asked again whenever a holder leaves)."""
+
+    def __init__(self, limit: Callable[[], int]):
+        self.limit = limit
+        self.active = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def __aenter__(self) -> None:
+        if self.active >= max(1, self.limit()) or self._waiters:
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            try:
+                await fut  # the slot is handed over by __aexit__, already counted
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():
+                    await self.__aexit__()  # woken and cancelled at once: pass it on
+                else:
+                    self._waiters.remove(fut)
+                raise
+            return
+        self.active += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.active -= 1
+        while self._waiters and self.active < max(1, self.limit()):
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self.active += 1
+                fut.set_result(None)
 
 
 def _not_writable(out: Path, exc: OSError) -> UsageError:

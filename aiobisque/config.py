@@ -31,9 +31,13 @@ _SESSION_ONLY = frozenset({"adaptive", "min_concurrency", "allow_insecure", "tru
 class Config:
     """Options of a session, each overridable per call.
 
-    - ``concurrency``: most requests in flight, shared by every call on the session.
+    - ``concurrency``: most requests in flight, shared by every call on the session: the
+      ceiling of the adaptive window, which starts at 16 and grows while throughput does
+      (see :mod:`aiobisque.window`); with ``adaptive=False``, the window itself.
     - ``request_bytes``: target payload of one range request.
-    - ``inflight_bytes``: most payload bytes held by requests in flight (bounds memory).
+    - ``inflight_bytes``: most payload bytes held in memory by requests in flight: bodies
+      that have to be buffered whole, and the blocks of file downloads. A body streamed
+      straight into an in-memory result holds no memory of its own and is not counted.
     - ``max_bytes``: largest array or selection accepted; guards against absurd sizes from a
       server before anything is allocated.
     - ``connect_timeout`` / ``read_timeout``: seconds to connect, and the longest silence
@@ -42,7 +46,8 @@ class Config:
       the whole body) is ``max(attempt_timeout, expected bytes / min_rate)`` seconds, so a
       server that trickles a byte now and then (never silent for ``read_timeout``) is cut
       off, while a large body arriving at ``min_rate`` bytes/s or faster never is.
-    - ``adaptive``: lower concurrency on 429/503/timeouts, raise it again on success.
+    - ``adaptive``: grow the window while delivered throughput grows; shrink it on
+      429/503/timeouts, bursts of 5xx and rising latency (``min_concurrency`` is its floor).
     - ``allow_insecure``: permit credentials over plain http to a non-loopback host.
     - ``trusted_origins``: other origins (``"https://host:port"``) that may receive the
       credentials; by default only the root's origin does, even when ``/services`` places
@@ -50,7 +55,7 @@ class Config:
     - ``verify_checksum``: check ``Content-MD5`` / ``x-content-md5`` when the server sends it.
     """
 
-    concurrency: int = 16
+    concurrency: int = 256
     request_bytes: int = 4 * MiB
     inflight_bytes: int = 64 * MiB
     max_bytes: int = 64 * 1024 * MiB

@@ -500,6 +500,12 @@ class StreamDecoder:
             self.tail += view[max(at, hi) - at :]
 
     @property
+    def streams(self) -> bool:
+        """Whether the body can go straight into the output (decided before it is sent;
+        the server's metadata may still make it fall back to buffering)."""
+        return self._target is not None
+
+    @property
     def landed(self) -> int:
         """Payload bytes already copied into the output, as one prefix of the data.
 

@@ -115,6 +115,7 @@ async def run_plan(
     started = time.perf_counter()
     call_bytes = (ByteBudget(config.inflight_bytes)
                   if config.inflight_bytes < transport.bytes.capacity else None)
+    buffering = [False]  # a body of this plan had to be held whole
 
     async def fetch(req: Request) -> None:
         what = f"{where} {req}"
@@ -162,16 +163,28 @@ async def run_plan(
             attempts += 1
             stats.attempts += 1  # a retried attempt's progress was rolled back in on_retry
             sent = current
-            # a call may hold fewer bytes than the session allows all calls together
-            held_call = await call_bytes.acquire(sent.nbytes) if call_bytes else 0
-            held = await transport.bytes.acquire(sent.nbytes)
+            view_index: tuple[Any, ...] = (*sent.out_sel, Ellipsis)  # a view, even 0-d
+            decoder = StreamDecoder(shape=sent.chunk_shape, dtype=dtype,
+                                    dest=out_core[view_index], chunk_sel=sent.chunk_sel,
+                                    where=what, verify_checksum=config.verify_checksum)
+            # the byte budget bounds the memory of bodies held whole; a body streamed into
+            # the output holds none, so those are bounded by the window alone (until a
+            # server's body has to be buffered after all: from then on, all count)
+            counted = buffering[0] or not decoder.streams
+            held_call = held = 0
             try:
-                view_index: tuple[Any, ...] = (*sent.out_sel, Ellipsis)  # a view, even 0-d
-                decoder = StreamDecoder(shape=sent.chunk_shape, dtype=dtype,
-                                        dest=out_core[view_index], chunk_sel=sent.chunk_sel,
-                                        where=what, verify_checksum=config.verify_checksum)
-                tracker.active_requests += 1
-                tracker.report(force=True)  # "in flight" moves at once, before any byte
+                if counted:
+                    # a call may hold fewer bytes than the session allows all calls together
+                    held_call = await call_bytes.acquire(sent.nbytes) if call_bytes else 0
+                    held = await transport.bytes.acquire(sent.nbytes)
+                active = False
+
+                def on_sent() -> None:
+                    nonlocal active
+                    active = True
+                    tracker.active_requests += 1
+                    tracker.report(force=True)  # "in flight" moves at once, before any byte
+
                 try:
                     await transport.get(
                         url_for(sent),
@@ -181,9 +194,11 @@ async def run_plan(
                         on_bytes=on_bytes,
                         config=config,
                         expected_bytes=sent.nbytes,
+                        on_sent=on_sent,
                     )
                 finally:
-                    tracker.active_requests -= 1
+                    if active:
+                        tracker.active_requests -= 1
                 if not decoder.heavy:
                     decoder.finish()  # streamed, metadata known: nothing left worth a thread
                 else:
@@ -195,8 +210,11 @@ async def run_plan(
                         await asyncio.wait([fut])
                         raise
             finally:
-                await transport.bytes.release(held)
-                if call_bytes:
+                if decoder.mode == "buffer":
+                    buffering[0] = True
+                if held:
+                    await transport.bytes.release(held)
+                if call_bytes and held_call:
                     await call_bytes.release(held_call)
 
         try:

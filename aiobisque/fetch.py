@@ -3,10 +3,10 @@
 Everything that touches aiohttp lives here, so aiohttp exceptions and HTTP statuses become
 aiobisque errors in exactly one place (:func:`_translate` and :func:`status_error`).
 
-* :class:`Limiter` bounds requests in flight for a whole session (all concurrent calls) and,
-  when adaptive, halves its window on throttling/overload and grows it back one request per
-  window of successes (AIMD). A slot is taken *before* the request starts, so time spent
-  queueing never counts against a timeout.
+* :class:`Limiter` bounds requests in flight for a whole session (all concurrent calls), by
+  the adaptive window of :mod:`aiobisque.window` (grown while throughput grows, cut on
+  congestion). A slot is taken *before* the request starts, so time spent queueing never
+  counts against a timeout.
 * :class:`ByteBudget` bounds the payload bytes held by requests in flight.
 * What is worth retrying, and the retry loop itself, live in :mod:`aiobisque.retry`.
 * :class:`Transport` sends GETs (and upload POSTs, :meth:`Transport.post`): credentials are
@@ -46,7 +46,8 @@ from aiobisque.errors import (
     clean_text,
 )
 from aiobisque.protocol import redact_url
-from aiobisque.retry import is_congestion
+from aiobisque.retry import load_signal
+from aiobisque.window import Window
 
 __all__ = [
     "BodySink",
@@ -81,24 +82,30 @@ def is_loopback(url: str) -> bool:
 
 
 class Limiter:
-    """Requests in flight for a session: a bounded window, adaptive (AIMD) when asked."""
+    """Requests in flight for a session, within an adaptive :class:`~aiobisque.window.Window`.
+
+    The window decides how many (see :mod:`aiobisque.window`); the limiter does the
+    waiting, and tells the window how each request ended. ``maximum`` is the ceiling,
+    ``minimum`` the floor; with ``adaptive=False`` the window stays at ``maximum``.
+    """
 
     def __init__(self, maximum: int, minimum: int = 1, adaptive: bool = True):
-        self.maximum = maximum
-        self.minimum = max(1, min(minimum, maximum))
-        self.adaptive = adaptive
-        self.window = float(maximum)
-        self.in_flight = 0
+        self.window = Window(maximum, minimum, adaptive=adaptive)
+        self.in_flight = 0  # requests sent and not ended: never more than the ceiling
+        self.counted = 0  # of those, the ones not handed over (see hand_over)
         self.peak = 0
+        self.peak_limit = self.window.limit
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._last_cut = 0.0
 
     @property
     def limit(self) -> int:
-        return max(self.minimum, int(self.window))
+        return self.window.limit
+
+    def _full(self) -> bool:
+        return self.counted >= self.limit or self.in_flight >= self.window.ceiling
 
     async def acquire(self) -> None:
-        while self.in_flight >= self.limit:
+        while self._full():
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.append(fut)
             try:
@@ -111,24 +118,37 @@ class Limiter:
                 if fut in self._waiters:
                     self._waiters.remove(fut)
         self.in_flight += 1
+        self.counted += 1
         self.peak = max(self.peak, self.in_flight)
 
-    def release(self, outcome: str = "ok") -> None:
-        """Give a slot back. ``outcome``: ``"ok"``, ``"congested"`` or ``"error"``."""
+    def hand_over(self) -> None:
+        """The request will end within about one round trip: let the next one start now,
+        so its first byte arrives as this one's last does (no idle link between waves).
+        The ceiling still bounds requests in flight, handed over or not."""
+        self.counted -= 1
+        self._wake()
+
+    def release(self, outcome: str = "ok", *, nbytes: int = 0, wait: float = 0.0,
+                handed_over: bool = False) -> None:
+        """Give a slot back, saying how the request ended: ``"ok"`` (``nbytes`` delivered,
+        the first byte after ``wait`` s), ``"congested"``, ``"server_error"`` (a 5xx that
+        is no congestion status by itself) or ``"error"`` (says nothing about load)."""
         self.in_flight -= 1
-        if self.adaptive:
-            if outcome == "ok":
-                self.window = min(float(self.maximum), self.window + 1.0 / self.window)
-            elif outcome == "congested":
-                now = time.monotonic()
-                # one cut per burst: simultaneous failures are one congestion signal
-                if now - self._last_cut > 1.0:
-                    self.window = max(float(self.minimum), self.window / 2)
-                    self._last_cut = now
+        if not handed_over:
+            self.counted -= 1
+        now = time.monotonic()
+        if outcome == "ok":
+            self.window.on_success(nbytes=nbytes, wait=wait, now=now,
+                                   queued=bool(self._waiters))
+        elif outcome == "congested":
+            self.window.on_congestion(now)
+        elif outcome == "server_error":
+            self.window.on_server_error(now)
+        self.peak_limit = max(self.peak_limit, self.limit)
         self._wake()
 
     def _wake(self) -> None:
-        free = self.limit - self.in_flight
+        free = min(self.limit - self.counted, self.window.ceiling - self.in_flight)
         while free > 0 and self._waiters:
             fut = self._waiters.popleft()
             if not fut.done():
@@ -298,38 +318,46 @@ class Transport:
         on_bytes: Callable[[int], None] | None = None,
         config: Config | None = None,
         expected_bytes: int = 0,
+        on_sent: Callable[[], None] | None = None,
     ) -> Response:
         """One attempt: GET ``url`` under a limiter slot, the whole body into ``sink``.
 
         The attempt (from sending the request to the body's last byte, not counting the
         wait for a slot) has :meth:`Config.attempt_deadline` seconds for the
-        ``expected_bytes`` it should bring.
+        ``expected_bytes`` it should bring. ``on_sent`` is called once the slot is taken.
         """
         cfg = config or self.config
         await self.limiter.acquire()
+        if on_sent is not None:
+            on_sent()
         outcome = "error"
         failure: BisqueError
         deadline = cfg.attempt_deadline(expected_bytes)
         clock = asyncio.timeout(deadline)
         trail = [url]  # the URLs this attempt went to: a failure names the last one
+        sent = time.monotonic()
+        wait = 0.0  # seconds to the response's head: the window watches it rise
+        delivered = 0
+        tail = _Tail(self.limiter)
         try:
             async with clock:
                 resp = await self._get_following_redirects(url, what, cfg, trail)
-                outcome = "congested" if resp.status in (429, 503) else "error"
+                wait = time.monotonic() - sent
+                tail.wait = wait
                 try:
                     if resp.status != 200:
                         detail = await _short_text(resp)
                         raise status_error(resp.status, url, what, detail,
                                            resp.headers.get("Retry-After"))
-                    await _read_body(resp, max_body, sink, on_bytes, what, url)
+                    delivered = await _read_body(resp, max_body, sink, on_bytes, what, url,
+                                                 tail)
                     result = Response(str(resp.url), resp.headers)
                 finally:
                     resp.release()
             outcome = "ok"
             return result
         except BisqueError as exc:
-            if is_congestion(exc):
-                outcome = "congested"
+            outcome = load_signal(exc)
             raise
         except asyncio.CancelledError:
             raise
@@ -345,10 +373,10 @@ class Transport:
                     url=redact_url(url))
         except (aiohttp.ClientError, OSError) as exc:
             failure = _translate(exc, trail[-1], _redirected(what, url, trail))
-            if is_congestion(failure):
-                outcome = "congested"
+            outcome = load_signal(failure)
         finally:
-            self.limiter.release(outcome)
+            self.limiter.release(outcome, nbytes=delivered, wait=wait,
+                                 handed_over=tail.handed_over)
         # raised outside the handler, so neither __cause__ nor __context__ keeps the aiohttp
         # exception: its request_info holds the request's headers, Authorization included
         raise failure
@@ -471,6 +499,50 @@ async def _short_text(resp: aiohttp.ClientResponse) -> str:
     return clean_text(text.splitlines()[0][:200]) if text else ""  # never a terminal escape
 
 
+class _Tail:
+    """When a body's rest will arrive within its request's round trip, hands its limiter
+    slot over (:meth:`Limiter.hand_over`). Checked at a few points of the body only: the
+    read loop compares one integer per piece (:attr:`next`)."""
+
+    CHECKS = 8  # estimates of the time left per body
+
+    def __init__(self, limiter: Limiter) -> None:
+        self.limiter = limiter
+        self.wait = 0.0
+        self.handed_over = False
+        self.next = 1 << 62  # bytes received at the next check (none until start)
+        self._length = 0
+        self._step = 0
+        self._t0 = 0.0
+        self._at0 = 0
+
+    def start(self, length: int | None) -> None:
+        if length is None or length <= 0 or not self.limiter.window.adaptive:
+            return  # no length: no estimate of the time left
+        self._length = length
+        self._step = max(1, length // self.CHECKS)
+        self.next = 0
+
+    def check(self, received: int) -> None:
+        now = time.monotonic()
+        if received == 0 or self._t0 == 0.0:
+            self._t0, self._at0 = now, received
+            self.next = received + self._step
+            return
+        self.next = received + self._step
+        elapsed = now - self._t0
+        if elapsed <= 0:
+            return
+        rate = (received - self._at0) / elapsed
+        if rate > 0 and (self._length - received) / rate <= self.wait:
+            self.handed_over = True
+            self.next = 1 << 62
+            self.limiter.hand_over()
+
+
+_NO_TAIL: Any = type("_NoTail", (), {"next": 1 << 62})()
+
+
 async def _read_body(
     resp: aiohttp.ClientResponse,
     max_body: int,
@@ -478,7 +550,9 @@ async def _read_body(
     on_bytes: Callable[[int], None] | None,
     what: str,
     url: str,
-) -> None:
+    tail: _Tail | None = None,
+) -> int:
+    """Read the body into ``sink``; returns its length."""
     encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
     length = None if encoded else resp.content_length
     if length is not None and length > max_body:
@@ -487,10 +561,16 @@ async def _read_body(
             f"{max_body:,} expected", url=redact_url(url))
     sink.start(length, resp.headers)
     received = 0
+    if tail is not None:
+        tail.start(length)
+    else:
+        tail = _NO_TAIL
     while True:
         piece = await resp.content.readany()
         if not piece:
             break
+        if received >= tail.next:
+            tail.check(received)
         received += len(piece)
         if length is not None and received > length:
             raise ProtocolError(f"{what}: body longer than its Content-Length",
@@ -505,3 +585,4 @@ async def _read_body(
     if length is not None and received < length:
         raise TransportError(f"{what}: body cut short ({received:,} of {length:,} bytes)",
                              url=redact_url(url))
+    return received

@@ -25,8 +25,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aiobisque.selection import DimSelection, Selection
+from aiobisque.window import START
 
-__all__ = ["DimTile", "Plan", "Request", "ResumedPlan", "make_plan", "format_range"]
+__all__ = ["DimTile", "Plan", "Request", "ResumedPlan", "format_range", "make_plan",
+           "request_size"]
 
 #: Cost, in bytes, charged per request when choosing how to fetch strided dimensions.
 DEFAULT_REQUEST_OVERHEAD = 256 * 1024
@@ -226,6 +228,23 @@ class ResumedPlan(Plan):
     @property
     def nbytes(self) -> int:
         return sum(r.nbytes for r in self)
+
+
+#: smallest request :func:`request_size` makes to spread a small selection
+MIN_SPLIT_BYTES = 256 * 1024
+
+
+def request_size(nbytes: int, request_bytes: int, *, spread: int = START) -> int:
+    """Bytes per request for a download of ``nbytes``: ``request_bytes``, or less so that
+    at least ``spread`` requests share a small download (one request is capped by one
+    connection's bandwidth; the window lets :data:`~aiobisque.window.START` run at once),
+    but never below :data:`MIN_SPLIT_BYTES` (each request costs a round trip and a server
+    export).
+
+    >>> request_size(16 * 2**20, 4 * 2**20) // 2**20, request_size(2**30, 4 * 2**20) // 2**20
+    (1, 4)
+    """
+    return min(request_bytes, max(MIN_SPLIT_BYTES, -(-nbytes // spread)))
 
 
 def make_plan(

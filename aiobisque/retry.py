@@ -66,6 +66,7 @@ __all__ = [
     "is_permanent",
     "for_text_exports",
     "is_transient",
+    "load_signal",
     "retrying",
     "upload_may_retry",
     "why_stopped",
@@ -191,6 +192,17 @@ def is_congestion(exc: BaseException) -> bool:
     return isinstance(exc, DownloadTimeoutError) or (
         isinstance(exc, ServerError) and exc.status in _CONGESTION_STATUSES
     )
+
+
+def load_signal(exc: BaseException) -> str:
+    """What a failed attempt says about the server's load, for the adaptive window:
+    ``"congested"`` (:func:`is_congestion`), ``"server_error"`` (another 5xx: one means
+    little, a burst of them means too many requests at once) or ``"error"`` (nothing)."""
+    if is_congestion(exc):
+        return "congested"
+    if isinstance(exc, ServerError) and exc.status is not None and exc.status >= 500:
+        return "server_error"
+    return "error"
 
 
 def is_permanent(exc: BaseException, policy: RetryPolicy | None = None) -> bool:

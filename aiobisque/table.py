@@ -20,7 +20,7 @@ from aiobisque.errors import (
     UnsupportedError,
     UsageError,
 )
-from aiobisque.plan import Plan, Request, make_plan
+from aiobisque.plan import Plan, Request, make_plan, request_size
 from aiobisque.progress import DownloadStats, ProgressCallback
 from aiobisque.protocol import (
     ArrayInfo,
@@ -384,8 +384,9 @@ class RemoteArray:
         raised as they are: whether a half-filled ``dest`` matters is the caller's call.
         """
         self.check_readable()
-        plan = plan if plan is not None else make_plan(sel, self.dtype.itemsize,
-                                                        config.request_bytes)
+        if plan is None:
+            size = request_size(sel.size * self.dtype.itemsize, config.request_bytes)
+            plan = make_plan(sel, self.dtype.itemsize, size)
         session = self.table.session
         # the trailing Ellipsis keeps this a view even for 0-d results (not a scalar copy)
         core = dest[(*sel.result_to_core(), Ellipsis)]

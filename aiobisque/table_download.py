@@ -240,8 +240,9 @@ def _block_files(blocks_dir: Path, n: int) -> Iterator[Path]:
 
 
 async def download_table(downloader: BulkDownloader, target: Target, info: ArrayInfo,
-                         started: float) -> FileResult:
-    """Download the table ``info`` to ``target.output`` (see the module docstring)."""
+                         started: float, version: dict[str, Any] | None) -> FileResult:
+    """Download the table ``info`` to ``target.output`` (see the module docstring);
+    ``version`` is the resource's, from :meth:`BulkDownloader.remote_version`."""
     from aiobisque.bulk import FileResult, _in_thread
 
     out = target.output
@@ -263,7 +264,6 @@ async def download_table(downloader: BulkDownloader, target: Target, info: Array
                                 "with --restart to replace it")
     # a column no download can read: refused before any file is made
     select_columns(info, target.columns)
-    version = await downloader.remote_version(info.uniq)
     if downloader.restart and blocks_dir.exists():
         await _in_thread(lambda: shutil.rmtree(blocks_dir))
     fresh = not blocks_dir.exists()

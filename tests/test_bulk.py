@@ -27,6 +27,7 @@ from aiobisque import (
     UnsupportedError,
     UsageError,
     outputs,
+    window,
 )
 from aiobisque.blocks import BlockGrid
 from aiobisque.bulk import (
@@ -159,11 +160,15 @@ def test_narrowed_selection_reads_the_block_of_the_selection(index: tuple,
         assert np.array_equal(got, want[region])
 
 
-def test_default_blocks_keep_every_request_busy() -> None:
+def test_default_blocks_fill_the_memory_bound() -> None:
     cfg = Config()
     block = default_block_bytes(cfg)
     assert block == 2 * cfg.request_bytes
-    assert default_blocks_in_flight(cfg, block) * block >= cfg.concurrency * cfg.request_bytes
+    # file downloads stay within the memory bound, and that bound keeps the window's
+    # starting size of requests busy
+    held = default_blocks_in_flight(cfg, block) * block
+    assert held == cfg.inflight_bytes
+    assert held >= window.START * cfg.request_bytes
     assert default_block_bytes(Config(request_bytes=1000)) == 1024 * 1024
 
 

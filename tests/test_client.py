@@ -351,17 +351,24 @@ async def test_per_call_options_lower_session_limits_or_are_refused(
     arr = await bq.table.open("vol", "volume")
     with pytest.raises(UsageError, match="whole session"):
         await arr.read(adaptive=False)
-    with pytest.raises(UsageError, match="concurrency=17 for one call exceeds the session"):
+    with pytest.raises(UsageError, match=f"concurrency={bq.config.concurrency + 1} for one "
+                       "call exceeds the session"):
         await arr.read(concurrency=bq.config.concurrency + 1)
     # the same rule for the byte budget (it used to be accepted and ignored)
     with pytest.raises(UsageError, match=r"inflight_bytes=.* exceeds the session's"):
         await arr.read(inflight_bytes=bq.config.inflight_bytes + 1)
     server.faults = FaultPlan(latency=0.02)
     server.stats.reset()
-    # one request's bytes at a time for this call: one request in flight
-    got = await arr.read(request_bytes=2400, inflight_bytes=2400, concurrency=8)
+    # bodies held whole (a flipped selection is buffered, then reordered), one request's
+    # bytes at a time for this call: one request in flight
+    got = await arr.read(np.s_[::-1], request_bytes=2400, inflight_bytes=2400, concurrency=8)
     assert server.stats.peak_in_flight == 1
     assert got.shape == arr.shape
+    # bodies streamed into the result hold no memory: the byte budget does not bind them,
+    # the call's concurrency does
+    server.stats.reset()
+    await arr.read(request_bytes=2400, inflight_bytes=2400, concurrency=3)
+    assert server.stats.peak_in_flight == 3
 
 
 async def test_retry_policy_statuses_decide(bq: BisqueSession, server: TableServer) -> None:

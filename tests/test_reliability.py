@@ -21,6 +21,7 @@ from aiobisque import (
     DownloadStats,
     RetryPolicy,
     TransportError,
+    window,
 )
 from aiobisque.fetch import Limiter
 from aiobisque.server import FaultPlan, TableServer, run_server
@@ -217,36 +218,35 @@ async def test_task_cancel_mid_download(server: TableServer, bq: BisqueSession) 
     assert bq.transport.limiter.in_flight == 0 and bq.transport.bytes.used == 0
 
 
-async def test_adaptive_concurrency_backs_off_and_recovers(server: TableServer,
-                                                           bq: BisqueSession,
-                                                           want: np.ndarray) -> None:
+async def test_adaptive_window_backs_off_and_grows_again(server: TableServer,
+                                                          bq: BisqueSession,
+                                                          want: np.ndarray) -> None:
     limiter = bq.transport.limiter
-    assert limiter.limit == bq.config.concurrency
+    assert limiter.limit == min(window.START, bq.config.concurrency)
     server.faults = FaultPlan(fail_first=30, error_statuses=(503,))
     await download(bq, retry=RetryPolicy(backoff_initial=0.01, backoff_max=0.05, budget_min=100))
-    low = limiter.window
-    assert low < bq.config.concurrency
-    server.faults = FaultPlan()
-    for _ in range(8):
-        got = await download(bq, request_bytes=1200)
+    low = limiter.limit
+    assert low < window.START
+    server.faults = FaultPlan(latency=0.01)
+    for _ in range(4):
+        got = await download(bq, request_bytes=1200)  # 100 requests: more than the window
     assert got.tobytes() == want.tobytes()
-    assert limiter.window > low
+    assert limiter.limit > low
 
 
-def test_limiter_aimd_unit() -> None:
-    lim = Limiter(16, 2, adaptive=True)
-    lim.in_flight = 1
+def test_limiter_hands_slots_over_within_its_ceiling() -> None:
+    lim = Limiter(4, 1, adaptive=True)
+    assert lim.limit == 4
+    lim.in_flight = lim.counted = 4
+    assert lim._full()
+    lim.hand_over()  # a request in its last round trip frees its window slot...
+    assert lim.counted == 3 and lim._full()  # ...but the ceiling still counts it
+    lim.release("ok", nbytes=10, wait=0.1, handed_over=True)
+    assert (lim.in_flight, lim.counted) == (3, 3) and not lim._full()
     lim.release("congested")
-    assert lim.limit == 8
-    lim.in_flight = 1
-    lim.release("congested")  # same burst: no second cut
-    assert lim.limit == 8
-    for _ in range(200):
-        lim.in_flight = 1
-        lim.release("ok")
-    assert lim.limit == 16
+    assert (lim.in_flight, lim.counted) == (2, 2) and lim.limit == 2
     fixed = Limiter(4, 1, adaptive=False)
-    fixed.in_flight = 1
+    fixed.in_flight = fixed.counted = 1
     fixed.release("congested")
     assert fixed.limit == 4
 

@@ -44,8 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-list", type=Path, metavar="FILE",
                    help="download every line 'UNIQ PATH OUTPUT [SLICES]' of FILE "
                         "(shell quoting, # comments)")
-    p.add_argument("--jobs", type=positive_int, default=4, metavar="N",
-                   help="files downloaded at once with --from-list (default %(default)s)")
+    p.add_argument("--jobs", type=positive_int, metavar="N",
+                   help="files downloaded at once with --from-list (default: as many as "
+                        "keep the adaptive request window busy)")
     p.add_argument("--block-mb", type=positive_float, metavar="M",
                    help="MiB per block, the unit that is synced, journaled and resumed "
                         f"(default {mib(default_block_bytes(Config()))}: two requests, "
