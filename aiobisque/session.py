@@ -292,6 +292,8 @@ class BisqueSession:
 
     async def close(self) -> None:
         """Close connections (not those of a caller's ``session=``) and worker threads."""
+        if self._table is not None:
+            self._table._cancel_pending()
         self._transport = None
         if self._own_http and self._http is not None:
             await self._http.close()

@@ -40,6 +40,14 @@ if TYPE_CHECKING:
 __all__ = ["RemoteArray", "TableService"]
 
 
+class _Asking:
+    """An info request in flight and how many callers wait for it."""
+
+    def __init__(self, answer: asyncio.Future[ArrayInfo]):
+        self.answer = answer
+        self.callers = 0
+
+
 class TableService:
     """BisQue's table service on one session (``bq.service("table")`` or ``bq.table``)."""
 
@@ -49,6 +57,8 @@ class TableService:
     def __init__(self, session: BisqueSession, base_url: str):
         self.session = session
         self.base_url = base_url
+        # info answers being fetched: identical questions asked meanwhile share the answer
+        self._asking: dict[tuple[Any, ...], _Asking] = {}
 
     def __repr__(self) -> str:
         return f"<TableService of {self.session!r}>"
@@ -67,6 +77,41 @@ class TableService:
         cfg = self.session.config.for_call(**options)
         uniq = parse_uniq(uniq)
         parts = split_path(path)
+        # many calls asking at once about one node (a gather of reads of one array, dask's
+        # tasks) send one request: an answer still in flight cannot have changed since it
+        # was asked for. Nothing is kept once it arrives.
+        key = (uniq, parts, cfg)
+        try:
+            asking = self._asking.get(key)
+        except TypeError:  # an option value that cannot be hashed: asked on its own
+            return await self._info(uniq, parts, cfg, options)
+        if asking is None:
+            asking = _Asking(asyncio.ensure_future(self._info(uniq, parts, cfg, options)))
+            self._asking[key] = asking
+            asking.answer.add_done_callback(lambda _: self._answered(key, asking))
+        asking.callers += 1
+        try:
+            return await asyncio.shield(asking.answer)
+        except asyncio.CancelledError:
+            if not asking.answer.done():
+                asking.callers -= 1
+                if asking.callers == 0:
+                    asking.answer.cancel()  # nobody waits for it any more
+            raise
+
+    def _answered(self, key: tuple[Any, ...], asking: _Asking) -> None:
+        if self._asking.get(key) is asking:
+            del self._asking[key]
+        if not asking.answer.cancelled():
+            asking.answer.exception()  # retrieved: each caller raises it for itself
+
+    def _cancel_pending(self) -> None:
+        """Cancel info requests whose callers have all gone (the session is closing)."""
+        for asking in list(self._asking.values()):
+            asking.answer.cancel()
+
+    async def _info(self, uniq: str, parts: tuple[str, ...], cfg: Config,
+                    options: dict[str, Any]) -> ArrayInfo:
         url = table_url(self.base_url, uniq, parts, None, ["info", "format:json"])
         shown = "/".join(parts)
         try:

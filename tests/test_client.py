@@ -407,3 +407,29 @@ def test_progress_line_names_requests_in_flight_and_done() -> None:
     from aiobisque.cli.display import requests_text
 
     assert requests_text(Progress(5, 10, 1, 4, 1, 3)) == "3 in flight, 1/4 requests done, 1 retry"
+
+
+async def test_identical_info_questions_in_flight_share_one_request(
+        server: TableServer, bq: BisqueSession) -> None:
+    server.faults = FaultPlan(latency=0.05)
+    server.stats.reset()
+    arrays = await asyncio.gather(*(bq.table.load_array("vol", "volume", [slice(i, i + 1)])
+                                    for i in range(8)))
+    assert server.stats.requests["info"] == 1  # one answer for the eight callers
+    assert all(a.shape[0] == 1 for a in arrays)
+    info = await bq.table.info("vol", "volume")  # nothing is kept once it has arrived
+    assert server.stats.requests["info"] == 2
+    # one caller giving up does not take the answer from the others; the last one does
+    first = asyncio.create_task(bq.table.info("vol", "volume"))
+    second = asyncio.create_task(bq.table.info("vol", "volume"))
+    await asyncio.sleep(0.01)
+    first.cancel()
+    assert (await second).shape == info.shape
+    assert first.cancelled() and server.stats.requests["info"] == 3
+    alone = asyncio.create_task(bq.table.info("vol", "volume"))
+    await asyncio.sleep(0.01)
+    alone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await alone
+    await asyncio.sleep(0)
+    assert bq.table._asking == {}
