@@ -14,7 +14,8 @@ The rules, in order of precedence:
   clash, so a run of them means too many requests at once. A lone 500 does not.
 * **Rising latency**: when the requests of a round waited, on average, more than
   :data:`LATENCY_RISE` times the least time to first byte seen (plus :data:`LATENCY_SLACK`
-  seconds), the server is queueing them; the window shrinks by a quarter.
+  seconds) while the window is beyond its start, the server is queueing what this session
+  added; the window shrinks by a quarter, not below its start.
 * **Growth**, only while requests are queued for a slot (more demand than window): in the
   start phase by one per success (the window doubles every round trip) for as long as
   each round delivers clearly more than the one before (:data:`GAIN`); once a round brings
@@ -65,6 +66,7 @@ class Window:
         self.adaptive = adaptive
         self.size = float(self.ceiling if not adaptive
                           else min(self.ceiling, max(self.floor, start)))
+        self._start = self.size
         self.starting = adaptive  # the doubling phase, until a round brings no gain
         self._cut_at = -math.inf
         self._errors: deque[float] = deque()
@@ -139,9 +141,14 @@ class Window:
         rate = (self._round_bytes + 64 * 1024 * self._round_done) / elapsed
         mean_wait = self._round_wait / max(1, self._round_done)
         if mean_wait > LATENCY_RISE * self._least_wait + LATENCY_SLACK \
-                and now - self._cut_at > CUT_GAP:
+                and self.size > self._start and now - self._cut_at > CUT_GAP:
+            # only a window grown beyond its start is to blame: a server slow to begin
+            # its answers at the start size is slow, not overloaded by this session
             self.starting = False
-            self._cut(0.75, now)
+            self.size = max(float(self._start), self.size * 0.75)
+            self._cut_at = now
+            self._last = None
+            self._round_start = None
         elif self._round_full and self.starting and self._last is not None:
             last_size, last_rate = self._last
             if self._round_size > last_size * 1.1 and rate < last_rate * GAIN:

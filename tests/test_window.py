@@ -98,3 +98,15 @@ def test_rising_latency_shrinks_the_window() -> None:
         rounds(w, 1, rate=40 * MiB, now=now, wait=wait)  # 0.5 s: the server queues requests
     assert steady.limit == 64 and steady.starting
     assert queueing.limit == 48 and not queueing.starting
+
+
+def test_latency_never_shrinks_the_window_below_its_start() -> None:
+    w = Window(256)
+    now = rounds(w, 1, rate=20 * MiB, now=0.0, wait=0.1)
+    now = rounds(w, 1, rate=40 * MiB, now=now, wait=0.1)
+    assert w.limit == 64
+    for _ in range(6):  # the server queues more and more: cut a quarter at a time...
+        now = rounds(w, 1, rate=40 * MiB, now=now + 2, wait=1.0, queued=False)
+    assert w.limit == START  # ...down to the start, which a slow server is not blamed for
+    w.on_congestion(now + 2)
+    assert w.limit == START // 2  # an explicit overload signal goes below it
