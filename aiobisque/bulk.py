@@ -616,7 +616,7 @@ class _Gate:
             except asyncio.CancelledError:
                 if fut.done() and not fut.cancelled():
                     await self.__aexit__()  # woken and cancelled at once: pass it on
-                else:
+                elif fut in self._waiters:  # a leaving holder may have skipped it already
                     self._waiters.remove(fut)
                 raise
             return

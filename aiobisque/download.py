@@ -115,7 +115,8 @@ async def run_plan(
     started = time.perf_counter()
     call_bytes = (ByteBudget(config.inflight_bytes)
                   if config.inflight_bytes < transport.bytes.capacity else None)
-    buffering = [False]  # a body of this plan had to be held whole
+    # what this plan's bodies did: [one streamed into the output, one had to be held whole]
+    seen = [False, False]
 
     async def fetch(req: Request) -> None:
         what = f"{where} {req}"
@@ -168,15 +169,21 @@ async def run_plan(
                                     dest=out_core[view_index], chunk_sel=sent.chunk_sel,
                                     where=what, verify_checksum=config.verify_checksum)
             # the byte budget bounds the memory of bodies held whole; a body streamed into
-            # the output holds none, so those are bounded by the window alone (until a
-            # server's body has to be buffered after all: from then on, all count)
-            counted = buffering[0] or not decoder.streams
+            # the output holds none, so those are bounded by the window alone. Whether the
+            # server's bodies stream is known only once one has: until then every body
+            # counts (a server whose bodies are all held whole would otherwise have a whole
+            # window of them in memory, uncounted), and once one was held whole, all do.
+            # (a body waiting for the budget stops waiting once one has streamed)
+            counted = not seen[0] or seen[1] or not decoder.streams
+            unless = (lambda: seen[0] and not seen[1]) if decoder.streams else None
             held_call = held = 0
             try:
                 if counted:
                     # a call may hold fewer bytes than the session allows all calls together
-                    held_call = await call_bytes.acquire(sent.nbytes) if call_bytes else 0
-                    held = await transport.bytes.acquire(sent.nbytes)
+                    if call_bytes:
+                        held_call = await call_bytes.acquire(sent.nbytes, unless)
+                    if held_call or not call_bytes:
+                        held = await transport.bytes.acquire(sent.nbytes, unless)
                 active = False
 
                 def on_sent() -> None:
@@ -210,8 +217,15 @@ async def run_plan(
                         await asyncio.wait([fut])
                         raise
             finally:
+                verdict = not seen[0]
                 if decoder.mode == "buffer":
-                    buffering[0] = True
+                    seen[1] = True
+                elif decoder.mode == "direct":
+                    seen[0] = True
+                if verdict and seen[0]:  # bodies stream: those waiting for bytes need none
+                    await transport.bytes.wake()
+                    if call_bytes:
+                        await call_bytes.wake()
                 if held:
                     await transport.bytes.release(held)
                 if call_bytes and held_call:

@@ -164,12 +164,24 @@ class ByteBudget:
         self.used = 0
         self._cond = asyncio.Condition()
 
-    async def acquire(self, n: int) -> int:
+    async def acquire(self, n: int, unless: Callable[[], bool] | None = None) -> int:
+        """Take ``n`` bytes (or all, if more), waiting for them; returns what was taken.
+
+        ``unless``: stop waiting and take nothing (return 0) once it is true; whoever makes
+        it true calls :meth:`wake`."""
         n = min(n, self.capacity)
         async with self._cond:
-            await self._cond.wait_for(lambda: self.used + n <= self.capacity)
+            await self._cond.wait_for(lambda: (unless is not None and unless())
+                                      or self.used + n <= self.capacity)
+            if unless is not None and unless():
+                return 0
             self.used += n
         return n
+
+    async def wake(self) -> None:
+        """Have every waiter look at its ``unless`` again."""
+        async with self._cond:
+            self._cond.notify_all()
 
     async def release(self, n: int) -> None:
         async with self._cond:
