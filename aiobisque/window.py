@@ -9,9 +9,13 @@ The rules, in order of precedence:
 
 * **Congestion** (429, 503, timeouts; see :func:`aiobisque.retry.is_congestion`) halves the
   window, once per burst: failures within :data:`CUT_GAP` seconds of a cut are one signal.
-* **A burst of other 5xx** (:data:`ERROR_BURST` within :data:`ERROR_SPAN` seconds) counts
-  as congestion: real BisQue servers answer 500 when concurrent ``format:hdf`` exports
-  clash, so a run of them means too many requests at once. A lone 500 does not.
+* **A burst of other 5xx** (:data:`ERROR_BURST` within :data:`ERROR_SPAN` seconds) halves
+  a window grown beyond its start, not below it: real BisQue servers answer 500 when
+  concurrent ``format:hdf`` exports clash, so a run of them after growing means this
+  session added too many. A lone 500 does not count, and neither does a run at the start
+  size: a server whose exports clash at any concurrency (one exporter) is served fastest
+  by retried requests that keep its exporter busy (measured: a window halved down to its
+  floor took 3x as long), and a server with random 500s is no busier for fewer requests.
 * **Rising latency**: when the requests of a round waited, on average, more than
   :data:`LATENCY_RISE` times the least time to first byte seen (plus :data:`LATENCY_SLACK`
   seconds) while the window is beyond its start, the server is queueing what this session
@@ -122,7 +126,9 @@ class Window:
             self._errors.popleft()
         if len(self._errors) >= ERROR_BURST:
             self._errors.clear()
-            self.on_congestion(now)
+            if self.size > self._start and now - self._cut_at > CUT_GAP:
+                self.starting = False
+                self._shrink(0.5, now, least=self._start)
 
     # rounds ------------------------------------------------------------------------
 
@@ -145,10 +151,7 @@ class Window:
             # only a window grown beyond its start is to blame: a server slow to begin
             # its answers at the start size is slow, not overloaded by this session
             self.starting = False
-            self.size = max(float(self._start), self.size * 0.75)
-            self._cut_at = now
-            self._last = None
-            self._round_start = None
+            self._shrink(0.75, now, least=self._start)
         elif self._round_full and self.starting and self._last is not None:
             last_size, last_rate = self._last
             if self._round_size > last_size * 1.1 and rate < last_rate * GAIN:
@@ -159,7 +162,10 @@ class Window:
         self._begin_round(now)
 
     def _cut(self, factor: float, now: float) -> None:
-        self.size = max(float(self.floor), self.size * factor)
+        self._shrink(factor, now, least=self.floor)
+
+    def _shrink(self, factor: float, now: float, *, least: float) -> None:
+        self.size = max(float(least), self.size * factor)
         self._cut_at = now
         self._last = None
         self._round_start = None  # the next round starts afresh at the new size

@@ -84,11 +84,29 @@ def test_congestion_halves_once_per_burst_down_to_the_floor() -> None:
 
 
 @pytest.mark.parametrize(("gap", "cut"), [(0.1, True), (ERROR_SPAN * 0.6, False)])
-def test_a_burst_of_500s_is_congestion_a_lone_one_is_not(gap: float, cut: bool) -> None:
+def test_a_burst_of_500s_halves_a_grown_window_a_lone_one_does_not(gap: float,
+                                                                  cut: bool) -> None:
     w = Window(256)
+    now = rounds(w, 1, rate=20 * MiB, now=0.0)
+    now = rounds(w, 1, rate=40 * MiB, now=now)
+    assert w.limit == 64
     for i in range(ERROR_BURST):
-        w.on_server_error(5.0 + i * gap)
-    assert (w.limit < START) is cut
+        w.on_server_error(now + 2 + i * gap)
+    assert w.limit == (32 if cut else 64)
+
+
+def test_a_burst_of_500s_at_the_start_size_keeps_it() -> None:
+    # one exporter that clashes at any concurrency: fewer requests only leave it idle
+    w = Window(256)
+    for i in range(4 * ERROR_BURST):
+        w.on_server_error(1.0 + i * 0.05)
+    assert w.limit == START
+    w = Window(256)
+    now = rounds(w, 2, rate=20 * MiB, now=0.0)
+    for burst in range(4):
+        for i in range(ERROR_BURST):
+            w.on_server_error(now + 2 * (burst + 1) + i * 0.05)
+    assert w.limit == START  # halved to the start, and no further
 
 
 def test_rising_latency_shrinks_the_window() -> None:

@@ -1,4 +1,4 @@
-"""Attacks on the adaptive window (#15): the limiter, the file gate, the byte budget."""
+"""The limits of a session under load and faults (#15): the limiter, the file gate, the byte budget."""
 
 from __future__ import annotations
 
