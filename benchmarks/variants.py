@@ -12,6 +12,8 @@ each in this process, interleaving the entrants and loops within every repeat:
   fetched with plain aiohttp at the same concurrency, every body piece (``iter_any``)
   copied into a preallocated, already-touched uint8 buffer: the same network reads and
   the same single copy aiobisque does, with nothing else;
+* ``raw-copy-timeouts``: ``raw-copy`` with aiobisque's ``sock_read`` timeout, which makes
+  aiohttp reschedule a timer on every network read (what of aiobisque's cost is that);
 * ``raw-sink``: the same requests, bodies counted and dropped.
 
 CPU is ``time.process_time()`` (user + system, every thread of this process) over the
@@ -24,12 +26,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import cProfile
 import os
+import resource
 import statistics
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,7 +49,35 @@ from benchmarks.scenarios import SampleArray, default_cache, prepare
 
 _USER = ("bench", "bench-password")
 _HEADROOM = 64 * 1024  # room for an HDF5 image's metadata around its payload, per request
-ENTRANTS = ("aiobisque", "aiobisque-fresh", "raw-copy", "raw-sink")
+ENTRANTS = ("aiobisque", "aiobisque-fresh", "raw-copy-timeouts", "raw-copy", "raw-sink")
+
+
+@dataclass
+class Run:
+    """One download: :class:`~benchmarks.measure.Measured` plus user/system CPU apart."""
+
+    measured: Measured = field(default_factory=Measured)
+    user: float = 0.0
+    system: float = 0.0
+    main_thread: float = 0.0  # CPU of the event loop's thread alone
+
+    @property
+    def cpu(self) -> float:
+        return self.measured.cpu_seconds
+
+
+@contextlib.contextmanager
+def _measure() -> Iterator[Run]:
+    run = Run()
+    with measure() as m:
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        thread0 = time.thread_time()
+        yield run
+        run.main_thread = time.thread_time() - thread0
+        after = resource.getrusage(resource.RUSAGE_SELF)
+    run.measured = m
+    run.user = after.ru_utime - before.ru_utime
+    run.system = after.ru_stime - before.ru_stime
 
 
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -67,16 +101,16 @@ class _Bench:
             self.outs[sample.uniq] = np.ones(sample.shape, dtype=sample.dtype)
         return self.outs[sample.uniq]
 
-    async def aiobisque(self, sample: SampleArray, fresh: bool) -> Measured:
+    async def aiobisque(self, sample: SampleArray, fresh: bool) -> Run:
         out = None if fresh else self.out_for(sample)
         async with BisqueSession(self.root, auth=_USER) as bq:
-            with measure() as m:
+            with _measure() as m:
                 result = await bq.table.load_array(sample.uniq, sample.path, out=out)
             assert result.shape == sample.shape
             del result
         return m
 
-    async def raw(self, sample: SampleArray, copy: bool) -> Measured:
+    async def raw(self, sample: SampleArray, copy: bool, timeouts: bool = False) -> Run:
         import aiohttp
 
         cfg = Config()
@@ -93,12 +127,16 @@ class _Bench:
         pending = iter(zip(urls, starts, strict=True))
         token = base64.b64encode(":".join(_USER).encode()).decode()
         headers = {"Accept-Encoding": "identity", "Authorization": f"Basic {token}"}
+        # aiobisque's per-read timeout: aiohttp reschedules a timer on every network read
+        options: dict[str, Any] = {"timeout": aiohttp.ClientTimeout(
+            total=None, sock_connect=cfg.connect_timeout, sock_read=cfg.read_timeout,
+        )} if timeouts else {}
         received = 0
 
         async def worker(http: aiohttp.ClientSession) -> None:
             nonlocal received
             for url, at in pending:  # shared iterator, like aiobisque's workers
-                async with http.get(url, headers=headers) as resp:
+                async with http.get(url, headers=headers, **options) as resp:
                     resp.raise_for_status()
                     pos = at
                     async for piece in resp.content.iter_any():
@@ -111,25 +149,27 @@ class _Bench:
 
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as http:
-            with measure() as m:
+            with _measure() as m:
                 await asyncio.gather(*(worker(http) for _ in range(min(cfg.concurrency,
                                                                        len(urls)))))
         assert received >= sample.nbytes
         return m
 
-    def entrant(self, name: str, sample: SampleArray) -> Awaitable[Measured]:
+    def entrant(self, name: str, sample: SampleArray) -> Awaitable[Run]:
         if name == "aiobisque":
             return self.aiobisque(sample, fresh=False)
         if name == "aiobisque-fresh":
             return self.aiobisque(sample, fresh=True)
         if name == "raw-copy":
             return self.raw(sample, copy=True)
+        if name == "raw-copy-timeouts":
+            return self.raw(sample, copy=True, timeouts=True)
         if name == "raw-sink":
             return self.raw(sample, copy=False)
         raise ValueError(f"unknown entrant {name!r}; known: {', '.join(ENTRANTS)}")
 
 
-def _run_one(bench: _Bench, name: str, sample: SampleArray, loop: str) -> Measured:
+def _run_one(bench: _Bench, name: str, sample: SampleArray, loop: str) -> Run:
     with asyncio.Runner(loop_factory=_loop_factory(loop)) as runner:
         return runner.run(bench.entrant(name, sample))
 
@@ -159,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
          "--user", ":".join(_USER), *(link if args.wan else [])],
         stdout=subprocess.PIPE, text=True, env=dict(os.environ),
     )
-    results: dict[tuple[int, str, str], list[Measured]] = {}
+    results: dict[tuple[int, str, str], list[Run]] = {}
     try:
         assert server.stdout is not None
         bench = _Bench(server.stdout.readline().split()[-1])
@@ -187,14 +227,20 @@ def main(argv: list[str] | None = None) -> int:
             ref = results[(size, loop, entrants[-1])]
             for name in entrants:
                 runs = results[(size, loop, name)]
-                seconds = statistics.median(m.seconds for m in runs)
-                cpu = statistics.median(m.cpu_seconds / (size / 1024) for m in runs)
-                spread = ", ".join(f"{m.cpu_seconds / (size / 1024):.2f}" for m in runs)
+                gib = size / 1024
+                seconds = statistics.median(m.measured.seconds for m in runs)
+                cpu = statistics.median(m.cpu / gib for m in runs)
+                user = statistics.median(m.user / gib for m in runs)
+                system = statistics.median(m.system / gib for m in runs)
+                faults = statistics.median(m.measured.page_faults / gib for m in runs)
+                main = statistics.median(m.main_thread / gib for m in runs)
+                spread = ", ".join(f"{m.cpu / gib:.2f}" for m in runs)
                 # paired within each repeat (neighbours in time share the machine's load)
-                ratio = statistics.median(m.cpu_seconds / b.cpu_seconds
-                                          for m, b in zip(runs, ref, strict=True))
+                ratio = statistics.median(m.cpu / b.cpu for m, b in zip(runs, ref, strict=True))
                 print(f"  {size:5} MiB {loop:8} {name:16} wall {seconds:6.3f} s  "
-                      f"cpu {cpu:5.2f} s/GiB  ({ratio:4.2f}x {entrants[-1]})  [{spread}]")
+                      f"cpu {cpu:5.2f} s/GiB (user {user:4.2f} sys {system:4.2f}, loop thread "
+                      f"{main:4.2f}, "
+                      f"{faults:6.0f} faults/GiB)  {ratio:4.2f}x {entrants[-1]}  [{spread}]")
     return 0
 
 
