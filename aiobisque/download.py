@@ -126,13 +126,17 @@ async def run_plan(
             # bytes of req in the output: what cut bodies left, plus the body arriving
             ledger._live[req.index] = lambda: kept + (decoder.landed if decoder else 0)
 
+        payload = req.nbytes  # a property (a product over the tiles): once, not per piece
+        report = tracker.report if tracker.callback is not None else None
+
         def on_bytes(n: int) -> None:
             nonlocal received
             stats.bytes += n
-            credit = min(n, req.nbytes - received)
+            credit = min(n, payload - received)
             received += credit
             tracker.done_bytes += credit
-            tracker.report()
+            if report is not None:
+                report()
 
         def on_retry(exc: BisqueError, attempt: int, delay: float) -> None:
             nonlocal received, kept, current
