@@ -414,6 +414,7 @@ class StreamDecoder:
         self.length: int | None = None
         self._probe_at = 0
         self._candidate: bytes | None = None  # see start
+        self._matched = False  # the head is the candidate's metadata, byte for byte
         self._known: bool | None = None  # see _metadata_known
         self._md5: Any = None
         self._md5_header = ""
@@ -482,6 +483,7 @@ class StreamDecoder:
             if self.head[: len(known)] != known:
                 return  # not the metadata checked before: read this one (next probe)
             offset: int | None = len(known)  # the same metadata as a body checked in full
+            self._matched = True
         elif bytes(self.head[:8]) == HDF5_SIGNATURE:
             try:
                 with h5py.File(_SparseFile(self.head, b"", 0, self.length), "r") as f:
@@ -556,13 +558,23 @@ class StreamDecoder:
     def _metadata_known(self) -> bool:
         """Byte for byte the metadata of a body already checked in full (asked once)."""
         if self._known is None:
-            self._known = not self.tail and _VALIDATED.get(self._key()) == bytes(self.head)
+            self._known = not self.tail and (
+                self._matched or _VALIDATED.get(self._key()) == bytes(self.head))
         return self._known
 
     def finish(self) -> None:
         """Check the whole body and complete the output (may run in a worker thread)."""
+        if self._known and self._md5 is None and self.mode == "direct":
+            self._check_complete()  # metadata known byte for byte, no checksum: all else done
+            return
         with _server_data(self.where):
             self._finish()
+
+    def _check_complete(self) -> None:
+        if self.received < self.offset + self.nbytes:
+            raise BodyIncompleteError(
+                f"{self.where}: body cut short ({self.received:,} bytes, data ends at "
+                f"{self.offset + self.nbytes:,})")
 
     def _finish(self) -> None:
         if self._md5 is not None:
@@ -575,10 +587,7 @@ class StreamDecoder:
                         chunk_sel=self.chunk_sel, where=self.where)
             return
         assert self.length is not None
-        if self.received < self.offset + self.nbytes:
-            raise BodyIncompleteError(
-                f"{self.where}: body cut short ({self.received:,} bytes, data ends at "
-                f"{self.offset + self.nbytes:,})")
+        self._check_complete()
         if self._metadata_known():
             return
         # the same checks again, now with every byte of metadata (the data region as zeros)

@@ -166,9 +166,10 @@ async def run_plan(
             attempts += 1
             stats.attempts += 1  # a retried attempt's progress was rolled back in on_retry
             sent = current
+            nbytes = sent.nbytes  # a product over the tiles: once
             # a call may hold fewer bytes than the session allows all calls together
-            held_call = await call_bytes.acquire(sent.nbytes) if call_bytes else 0
-            held = await transport.bytes.acquire(sent.nbytes)
+            held_call = await call_bytes.acquire(nbytes) if call_bytes else 0
+            held = await transport.bytes.acquire(nbytes)
             try:
                 view_index: tuple[Any, ...] = (*sent.out_sel, Ellipsis)  # a view, even 0-d
                 decoder = StreamDecoder(shape=sent.chunk_shape, dtype=dtype,
@@ -180,11 +181,11 @@ async def run_plan(
                     await transport.get(
                         url_for(sent),
                         what=what,
-                        max_body=sent.nbytes + _HEADER_ALLOWANCE,
+                        max_body=nbytes + _HEADER_ALLOWANCE,
                         sink=decoder,
                         on_bytes=on_bytes,
                         config=config,
-                        expected_bytes=sent.nbytes,
+                        expected_bytes=nbytes,
                     )
                 finally:
                     tracker.active_requests -= 1

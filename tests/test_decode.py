@@ -162,3 +162,16 @@ def test_a_big_first_piece_is_not_kept_in_the_head(seen: bool) -> None:
     dec.feed(body[200_000:])
     dec.finish()
     assert dest.tobytes() == data.tobytes()
+
+
+def test_a_cut_body_with_known_metadata_is_still_refused() -> None:
+    body = server_image(DATA)
+    feed(body, [])  # checked in full: later bodies skip the metadata check
+    dest = np.zeros(DATA.shape, "<f4")
+    dec = StreamDecoder(shape=DATA.shape, dtype=np.dtype("<f4"), dest=dest,
+                        chunk_sel=(slice(None),) * 3, where="test")
+    dec.start(len(body), {})
+    dec.feed(body[: len(body) - 100])
+    assert not dec.heavy  # finish runs on the loop: the fast path
+    with pytest.raises(BodyIncompleteError, match="cut short"):
+        dec.finish()
