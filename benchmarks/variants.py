@@ -91,8 +91,9 @@ def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
 class _Bench:
     """Buffers kept across runs (touched once), and the server's address."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, options: dict[str, Any] | None = None):
         self.root = root
+        self.options = options or {}  # Config overrides, for both aiobisque and raw-*
         self.outs: dict[str, np.ndarray[Any, Any]] = {}
         self.raw_bufs: dict[str, np.ndarray[Any, Any]] = {}
 
@@ -105,7 +106,8 @@ class _Bench:
         out = None if fresh else self.out_for(sample)
         async with BisqueSession(self.root, auth=_USER) as bq:
             with _measure() as m:
-                result = await bq.table.load_array(sample.uniq, sample.path, out=out)
+                result = await bq.table.load_array(sample.uniq, sample.path, out=out,
+                                                   **self.options)
             assert result.shape == sample.shape
             del result
         return m
@@ -113,7 +115,7 @@ class _Bench:
     async def raw(self, sample: SampleArray, copy: bool, timeouts: bool = False) -> Run:
         import aiohttp
 
-        cfg = Config()
+        cfg = Config().replace(**self.options)
         async with BisqueSession(self.root, auth=_USER) as bq:
             remote = await bq.table.open(sample.uniq, sample.path)
             plan = make_plan(normalize_selection(..., remote.shape), remote.dtype.itemsize,
@@ -186,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wan", action="store_true",
                         help="100 ms, 16 MB/s per connection, 160 MB/s shared")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--request-mib", type=float,
+                        help="request_bytes for both (default Config's): prices per-request work")
     parser.add_argument("--profile", metavar="FILE",
                         help="then profile the first entrant (first size and loop) once")
     args = parser.parse_args(argv)
@@ -202,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[tuple[int, str, str], list[Run]] = {}
     try:
         assert server.stdout is not None
-        bench = _Bench(server.stdout.readline().split()[-1])
+        options = {"request_bytes": int(args.request_mib * MiB)} if args.request_mib else {}
+        bench = _Bench(server.stdout.readline().split()[-1], options)
         for r in range(args.repeat):
             for size, sample in zip(sizes, samples, strict=True):
                 order = [(loop, name) for loop in loops for name in entrants]
