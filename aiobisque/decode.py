@@ -413,6 +413,8 @@ class StreamDecoder:
         self.received = 0
         self.length: int | None = None
         self._probe_at = 0
+        self._candidate: bytes | None = None  # see start
+        self._matched = False  # the head is the candidate's metadata, byte for byte
         self._known: bool | None = None  # see _metadata_known
         self._md5: Any = None
         self._md5_header = ""
@@ -426,31 +428,62 @@ class StreamDecoder:
             self.mode = "buffer"
             if length is not None:
                 self.head = bytearray(length)
+        else:
+            # the metadata of a body already checked in full, if any: the first probe
+            self._candidate = _VALIDATED.get(self._key())
 
     def feed(self, piece: bytes) -> None:
         at = self.received
         self.received += len(piece)
         if self._md5 is not None:
             self._md5.update(piece)
-        if self.mode == "buffer":
-            if self.length is not None:
-                self.head[at : self.received] = piece
-            else:
-                self.head += piece
-        elif self.mode == "direct":
+        if self.mode == "direct":
             self._place(piece, at)
+        elif self.mode == "buffer":
+            self._buffer(piece, at)
+        else:
+            self._feed_probe(piece, at)
+
+    def _buffer(self, piece: bytes | memoryview, at: int) -> None:
+        if self.length is not None:
+            self.head[at : at + len(piece)] = piece
         else:
             self.head += piece
-            if len(self.head) >= self._PROBES[self._probe_at] or self.received == self.length:
-                self._probe()
+
+    def _feed_probe(self, piece: bytes, at: int) -> None:
+        """Collect the head only as far as the next probe needs it.
+
+        The rest of the piece (most of a first network read, hundreds of KiB) then goes
+        where the probe's verdict sends it, copied once: not through the head first.
+        """
+        view = memoryview(piece)
+        while self.mode == "probe":
+            goal = self._PROBES[self._probe_at] if self._candidate is None \
+                else len(self._candidate)
+            take = min(len(view), max(0, goal - len(self.head)))
+            if take:
+                self.head += view[:take]
+                view = view[take:]
+                at += take
+            if len(self.head) < goal and at != self.length:
+                return  # wait for more of the body
+            self._probe()
+        if view:
+            if self.mode == "direct":
+                self._place(view, at)
+            else:
+                self._buffer(view, at)
 
     def _probe(self) -> None:
         """Try to read the metadata from what has arrived; switch modes accordingly."""
         assert self.length is not None and self._target is not None
-        offset = None
-        known = _VALIDATED.get(self._key())
-        if known is not None and self.head[: len(known)] == known:
-            offset = len(known)  # the same metadata as a body already checked in full
+        complete = len(self.head) == self.length  # probing, the head is all that arrived
+        known, self._candidate = self._candidate, None
+        if known is not None:
+            if self.head[: len(known)] != known:
+                return  # not the metadata checked before: read this one (next probe)
+            offset: int | None = len(known)  # the same metadata as a body checked in full
+            self._matched = True
         elif bytes(self.head[:8]) == HDF5_SIGNATURE:
             try:
                 with h5py.File(_SparseFile(self.head, b"", 0, self.length), "r") as f:
@@ -463,9 +496,11 @@ class StreamDecoder:
                 ):
                     offset = None  # needs conversion, or inconsistent: the careful path
                     self._probe_at = len(self._PROBES)
+        else:
+            offset = None
         if offset is None:
             self._probe_at += 1
-            if self._probe_at >= len(self._PROBES) or self.received == self.length:
+            if self._probe_at >= len(self._PROBES) or complete:
                 self._to_buffer()
             return
         self.mode, self.offset = "direct", offset
@@ -485,11 +520,15 @@ class StreamDecoder:
         self.head = buf
         self.mode = "buffer"
 
-    def _place(self, piece: bytes, at: int) -> None:
+    def _place(self, piece: bytes | memoryview, at: int) -> None:
         """Route a piece received at body offset ``at`` to head, output or tail."""
         assert self._target is not None
         end = at + len(piece)
-        lo, hi = self.offset, self.offset + self.nbytes
+        lo = self.offset
+        hi = lo + self.nbytes
+        if lo <= at and end <= hi:  # the common case: all of it is data
+            self._target[at - lo : end - lo] = piece
+            return
         view = memoryview(piece)
         if at < lo:
             self.head += view[: min(end, lo) - at]
@@ -525,13 +564,23 @@ class StreamDecoder:
     def _metadata_known(self) -> bool:
         """Byte for byte the metadata of a body already checked in full (asked once)."""
         if self._known is None:
-            self._known = not self.tail and _VALIDATED.get(self._key()) == bytes(self.head)
+            self._known = not self.tail and (
+                self._matched or _VALIDATED.get(self._key()) == bytes(self.head))
         return self._known
 
     def finish(self) -> None:
         """Check the whole body and complete the output (may run in a worker thread)."""
+        if self._known and self._md5 is None and self.mode == "direct":
+            self._check_complete()  # metadata known byte for byte, no checksum: all else done
+            return
         with _server_data(self.where):
             self._finish()
+
+    def _check_complete(self) -> None:
+        if self.received < self.offset + self.nbytes:
+            raise BodyIncompleteError(
+                f"{self.where}: body cut short ({self.received:,} bytes, data ends at "
+                f"{self.offset + self.nbytes:,})")
 
     def _finish(self) -> None:
         if self._md5 is not None:
@@ -544,10 +593,7 @@ class StreamDecoder:
                         chunk_sel=self.chunk_sel, where=self.where)
             return
         assert self.length is not None
-        if self.received < self.offset + self.nbytes:
-            raise BodyIncompleteError(
-                f"{self.where}: body cut short ({self.received:,} bytes, data ends at "
-                f"{self.offset + self.nbytes:,})")
+        self._check_complete()
         if self._metadata_known():
             return
         # the same checks again, now with every byte of metadata (the data region as zeros)

@@ -128,13 +128,17 @@ async def run_plan(
             # bytes of req in the output: what cut bodies left, plus the body arriving
             ledger._live[req.index] = lambda: kept + (decoder.landed if decoder else 0)
 
+        payload = req.nbytes  # a property (a product over the tiles): once, not per piece
+        report = tracker.report if tracker.callback is not None else None
+
         def on_bytes(n: int) -> None:
             nonlocal received
             stats.bytes += n
-            credit = min(n, req.nbytes - received)
+            credit = min(n, payload - received)
             received += credit
             tracker.done_bytes += credit
-            tracker.report()
+            if report is not None:
+                report()
 
         def on_retry(exc: BisqueError, attempt: int, delay: float) -> None:
             nonlocal received, kept, current
@@ -164,6 +168,7 @@ async def run_plan(
             attempts += 1
             stats.attempts += 1  # a retried attempt's progress was rolled back in on_retry
             sent = current
+            nbytes = sent.nbytes  # a product over the tiles: once
             view_index: tuple[Any, ...] = (*sent.out_sel, Ellipsis)  # a view, even 0-d
             decoder = StreamDecoder(shape=sent.chunk_shape, dtype=dtype,
                                     dest=out_core[view_index], chunk_sel=sent.chunk_sel,
@@ -181,9 +186,9 @@ async def run_plan(
                 if counted:
                     # a call may hold fewer bytes than the session allows all calls together
                     if call_bytes:
-                        held_call = await call_bytes.acquire(sent.nbytes, unless)
+                        held_call = await call_bytes.acquire(nbytes, unless)
                     if held_call or not call_bytes:
-                        held = await transport.bytes.acquire(sent.nbytes, unless)
+                        held = await transport.bytes.acquire(nbytes, unless)
                 active = False
 
                 def on_sent() -> None:
@@ -196,11 +201,11 @@ async def run_plan(
                     await transport.get(
                         url_for(sent),
                         what=what,
-                        max_body=sent.nbytes + _HEADER_ALLOWANCE,
+                        max_body=nbytes + _HEADER_ALLOWANCE,
                         sink=decoder,
                         on_bytes=on_bytes,
                         config=config,
-                        expected_bytes=sent.nbytes,
+                        expected_bytes=nbytes,
                         on_sent=on_sent,
                     )
                 finally:

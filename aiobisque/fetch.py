@@ -572,26 +572,27 @@ async def _read_body(
             f"{what}: the server announced {length:,} bytes, more than the "
             f"{max_body:,} expected", url=redact_url(url))
     sink.start(length, resp.headers)
+    # one bound per piece: the announced length when there is one (never above max_body),
+    # else max_body, which also bounds what a compressed body may inflate to
+    limit = max_body if length is None else length
+    feed = sink.feed
+    read = resp.content.readany
     received = 0
     if tail is not None:
         tail.start(length)
     else:
         tail = _NO_TAIL
-    while True:
-        piece = await resp.content.readany()
-        if not piece:
-            break
+    while piece := await read():
         if received >= tail.next:
             tail.check(received)
         received += len(piece)
-        if length is not None and received > length:
-            raise ProtocolError(f"{what}: body longer than its Content-Length",
-                                url=redact_url(url))
-        if received > max_body:
-            # also bounds what a compressed body may inflate to
+        if received > limit:
+            if length is not None:
+                raise ProtocolError(f"{what}: body longer than its Content-Length",
+                                    url=redact_url(url))
             raise ResponseTooLargeError(
                 f"{what}: body grew beyond the {max_body:,} bytes expected", url=redact_url(url))
-        sink.feed(piece)
+        feed(piece)
         if on_bytes:
             on_bytes(len(piece))
     if length is not None and received < length:

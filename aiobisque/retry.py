@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -325,7 +326,18 @@ async def retrying(
     Only :func:`is_transient` errors are retried (``retry_if``: another of this module's
     predicates, e.g. :func:`upload_may_retry`). The last error is re-raised as it is once
     the policy gives up (:func:`why_stopped` says why, for messages).
+
+    The first attempt runs on its own: most requests succeed at once, and a tenacity retry
+    state costs far more than the attempt's own bookkeeping (a download of a GiB makes
+    hundreds). Only when it fails is the tenacity loop built; its first round replays that
+    failure, with the retry state's clock set back to when the first attempt started, so
+    every decision (stop, wait, budget, ``on_retry``, logging) is the one tenacity makes.
     """
+    started = time.monotonic()
+    try:
+        return await attempt(), 1
+    except Exception as exc:  # CancelledError and KeyboardInterrupt go through as they are
+        first: Exception | None = exc
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -347,5 +359,9 @@ async def retrying(
     async for state in retryer:
         with state:
             attempts = state.retry_state.attempt_number
+            if first is not None:  # the first attempt, already made: its failure
+                state.retry_state.start_time = started
+                failure, first = first, None
+                raise failure
             result = await attempt()
     return result, attempts

@@ -18,9 +18,9 @@ Every class here is a thin twin of an async one (:class:`Session` of
 :class:`~aiobisque.RemoteArray`): same arguments, options and errors, no logic of its own.
 The twins are made from the async methods themselves (:func:`_twin`), so their signatures
 and docstrings cannot drift; ``tests/test_surface.py`` checks both surfaces match.
-Each call runs the async method on aiobisque's private loop thread (uvloop when installed),
-which is why it also works inside a running event loop such as Jupyter's, and from any
-thread. Progress callbacks are called on that private thread. Calling the synchronous API
+Each call runs the async method on aiobisque's private loop thread (asyncio's loop, or
+uvloop's with ``AIOBISQUE_LOOP=uvloop``), which is why it also works inside a running event
+loop such as Jupyter's, and from any thread. Progress callbacks are called on that private thread. Calling the synchronous API
 from the private loop itself (e.g. inside a progress callback) raises ``RuntimeError``.
 Ctrl-C cancels the download, waits for its requests to stop and raises
 ``KeyboardInterrupt``.

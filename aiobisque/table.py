@@ -326,6 +326,7 @@ class RemoteArray:
         self.shape: tuple[int, ...] = info.shape
         self.dtype: np.dtype[Any] = info.dtype
         self._path = split_path(info.path)
+        self._url_head: str | None = None  # the quoted part of url_for's URLs, made once
 
     @property
     def ndim(self) -> int:
@@ -349,9 +350,12 @@ class RemoteArray:
                 f"dtype={self.dtype}>")
 
     def url_for(self, request: Request) -> str:
-        range_text = request.range_text if self.shape else None
-        return table_url(self.table.base_url, self.info.uniq, self._path, range_text,
-                         ["format:hdf"])
+        if not self.shape:
+            return table_url(self.table.base_url, self.info.uniq, self._path, None,
+                             ["format:hdf"])
+        if self._url_head is None:  # quoting the uniq and path is most of the work
+            self._url_head = table_url(self.table.base_url, self.info.uniq, self._path)
+        return f"{self._url_head}/{request.range_text}/format:hdf"
 
     async def read(
         self, /,

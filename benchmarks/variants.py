@@ -1,149 +1,251 @@
-"""Where aiobisque's client CPU goes: the same download with parts of the core swapped out.
+"""The client's CPU per GiB: aiobisque against plain aiohttp doing the same work, per loop.
 
-``python -m benchmarks.variants [--size-mib 256] [--wan] [--repeat 9]`` serves a cached
-sample with ``python -m aiobisque.server`` (another process, so only the client is measured
-here) and downloads it in this process, interleaving these variants:
+``python -m benchmarks.variants [--size-mib 256,1024] [--loop asyncio,uvloop] [--wan]
+[--repeat 5] [--entrant NAME] [--profile FILE]`` serves cached sample volumes with ``python
+-m aiobisque.server`` (another process, so only the client is measured here) and downloads
+each in this process, interleaving the entrants and loops within every repeat:
 
-* ``as-is``: ``table.load_array`` unchanged;
-* ``out= reused``: the same into one preallocated, already-touched ``out=`` array (what is
-  left when the result's page faults are taken away);
-* ``pooled bodies``: response bodies read into buffers reused across requests instead of a
-  fresh ``bytearray`` per response (the change recommended in ``RESULTS.md``), with and
-  without ``out=``;
-* ``no decode``: bodies read but never decoded (no copy into the result);
-* ``no body copy, no decode``: pieces counted and dropped, like the raw sink.
+* ``aiobisque``: ``table.load_array(out=...)`` into one preallocated, already-touched
+  float32 array (no page faults in the figure), default ``Config``;
+* ``aiobisque-fresh``: ``table.load_array`` as users call it, a new result each time;
+* ``raw-copy``: the requests aiobisque plans (``make_plan`` + ``RemoteArray.url_for``)
+  fetched with plain aiohttp at the same concurrency, every body piece (``iter_any``)
+  copied into a preallocated, already-touched uint8 buffer: the same network reads and
+  the same single copy aiobisque does, with nothing else;
+* ``raw-copy-timeouts``: ``raw-copy`` with aiobisque's ``sock_read`` timeout, which makes
+  aiohttp reschedule a timer on every network read (what of aiobisque's cost is that);
+* ``raw-sink``: the same requests, bodies counted and dropped.
 
-It replaces private functions of ``aiobisque.fetch`` and ``aiobisque.download`` for the
-duration of each variant: an experiment to price a change before making it, not an API.
+CPU is ``time.process_time()`` (user + system, every thread of this process) over the
+download alone; sessions, logins, plans and buffers are made before the clock starts.
+``--profile FILE`` runs the first entrant once more under cProfile and writes the stats.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import cProfile
 import os
+import resource
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
-from unittest import mock
 
 import numpy as np
 
-import aiobisque.download as download
-import aiobisque.fetch as fetch
-from aiobisque import BisqueSession
+from aiobisque import BisqueSession, Config
 from aiobisque.config import MiB
-from aiobisque.decode import decode_into as _REAL_DECODE
+from aiobisque.plan import make_plan
+from aiobisque.selection import normalize_selection
 from benchmarks.measure import Measured, measure
-from benchmarks.scenarios import default_cache, prepare
+from benchmarks.scenarios import SampleArray, default_cache, prepare
 
-_REAL_READ = fetch._read_body
 _USER = ("bench", "bench-password")
+_HEADROOM = 64 * 1024  # room for an HDF5 image's metadata around its payload, per request
+ENTRANTS = ("aiobisque", "aiobisque-fresh", "raw-copy-timeouts", "raw-copy", "raw-sink")
 
 
-class _BodyPool:
-    """Body buffers by length, reused across requests (thread-safe enough: list ops are
-    atomic under the GIL, and a buffer is only ever held by one request)."""
+@dataclass
+class Run:
+    """One download: :class:`~benchmarks.measure.Measured` plus user/system CPU apart."""
 
-    def __init__(self) -> None:
-        self.free: dict[int, list[bytearray]] = {}
+    measured: Measured = field(default_factory=Measured)
+    user: float = 0.0
+    system: float = 0.0
+    main_thread: float = 0.0  # CPU of the event loop's thread alone
 
-    async def read(self, resp: Any, max_body: int, on_bytes: Any, what: str, url: str) -> Any:
-        length = resp.content_length
-        if on_bytes is None or length is None:  # documents: the real reader
-            return await _REAL_READ(resp, max_body, on_bytes, what, url)
-        spare = self.free.setdefault(length, [])
-        buf = spare.pop() if spare else bytearray(length)
-        view, pos = memoryview(buf), 0
-        while pos < length:
-            piece = await resp.content.readany()
-            if not piece:
-                break
-            view[pos : pos + len(piece)] = piece
-            pos += len(piece)
-            on_bytes(len(piece))
-        return buf
-
-    def decode(self, body: Any, **kwargs: Any) -> None:
-        _REAL_DECODE(body, **kwargs)
-        self.free.setdefault(len(body), []).append(body)
-
-
-async def _count_and_drop(resp: Any, max_body: int, on_bytes: Any, what: str, url: str) -> Any:
-    if on_bytes is None:
-        return await _REAL_READ(resp, max_body, on_bytes, what, url)
-    async for piece in resp.content.iter_any():
-        on_bytes(len(piece))
-    return bytearray()
-
-
-def _no_decode(body: Any, **kwargs: Any) -> None:
-    return None
+    @property
+    def cpu(self) -> float:
+        return self.measured.cpu_seconds
 
 
 @contextlib.contextmanager
-def _swapped(read: Callable[..., Any], decode: Callable[..., None]) -> Iterator[None]:
-    with mock.patch.object(fetch, "_read_body", read), \
-            mock.patch.object(download, "decode_into", decode):
-        yield
+def _measure() -> Iterator[Run]:
+    run = Run()
+    with measure() as m:
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        thread0 = time.thread_time()
+        yield run
+        run.main_thread = time.thread_time() - thread0
+        after = resource.getrusage(resource.RUSAGE_SELF)
+    run.measured = m
+    run.user = after.ru_utime - before.ru_utime
+    run.system = after.ru_stime - before.ru_stime
 
 
-async def _run(root: str, uniq: str, path: str, shape: tuple[int, ...], repeat: int
-               ) -> dict[str, list[Measured]]:
-    pool = _BodyPool()
-    variants: dict[str, tuple[Callable[..., Any], Callable[..., None], bool]] = {
-        "as-is": (_REAL_READ, _REAL_DECODE, False),
-        "out= reused": (_REAL_READ, _REAL_DECODE, True),
-        "pooled bodies": (pool.read, pool.decode, False),
-        "pooled bodies, out= reused": (pool.read, pool.decode, True),
-        "no decode": (_REAL_READ, _no_decode, False),
-        "no body copy, no decode": (_count_and_drop, _no_decode, False),
-    }
-    results: dict[str, list[Measured]] = {name: [] for name in variants}
-    async with BisqueSession(root, auth=_USER) as bq:
-        table = bq.service("table")
-        out = np.ones(shape, dtype=np.float32)
-        for _ in range(repeat):
-            for name, (read, decode, reuse) in variants.items():
-                with _swapped(read, decode), measure() as m:
-                    result = await table.load_array(uniq, path, out=out if reuse else None)
-                del result
-                results[name].append(m)
-    return results
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+class _Bench:
+    """Buffers kept across runs (touched once), and the server's address."""
+
+    def __init__(self, root: str, options: dict[str, Any] | None = None):
+        self.root = root
+        self.options = options or {}  # Config overrides, for both aiobisque and raw-*
+        self.outs: dict[str, np.ndarray[Any, Any]] = {}
+        self.raw_bufs: dict[str, np.ndarray[Any, Any]] = {}
+
+    def out_for(self, sample: SampleArray) -> np.ndarray[Any, Any]:
+        if sample.uniq not in self.outs:
+            self.outs[sample.uniq] = np.ones(sample.shape, dtype=sample.dtype)
+        return self.outs[sample.uniq]
+
+    async def aiobisque(self, sample: SampleArray, fresh: bool) -> Run:
+        out = None if fresh else self.out_for(sample)
+        async with BisqueSession(self.root, auth=_USER) as bq:
+            with _measure() as m:
+                result = await bq.table.load_array(sample.uniq, sample.path, out=out,
+                                                   **self.options)
+            assert result.shape == sample.shape
+            del result
+        return m
+
+    async def raw(self, sample: SampleArray, copy: bool, timeouts: bool = False) -> Run:
+        import aiohttp
+
+        cfg = Config().replace(**self.options)
+        async with BisqueSession(self.root, auth=_USER) as bq:
+            remote = await bq.table.open(sample.uniq, sample.path)
+            plan = make_plan(normalize_selection(..., remote.shape), remote.dtype.itemsize,
+                             cfg.request_bytes)
+            urls = [remote.url_for(request) for request in plan]
+            sizes = [request.nbytes + _HEADROOM for request in plan]
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        if sample.uniq not in self.raw_bufs:
+            self.raw_bufs[sample.uniq] = np.ones(sum(sizes), dtype=np.uint8)
+        view = memoryview(self.raw_bufs[sample.uniq]).cast("B")
+        pending = iter(zip(urls, starts, strict=True))
+        token = base64.b64encode(":".join(_USER).encode()).decode()
+        headers = {"Accept-Encoding": "identity", "Authorization": f"Basic {token}"}
+        # aiobisque's per-read timeout: aiohttp reschedules a timer on every network read
+        options: dict[str, Any] = {"timeout": aiohttp.ClientTimeout(
+            total=None, sock_connect=cfg.connect_timeout, sock_read=cfg.read_timeout,
+        )} if timeouts else {}
+        received = 0
+
+        async def worker(http: aiohttp.ClientSession) -> None:
+            nonlocal received
+            for url, at in pending:  # shared iterator, like aiobisque's workers
+                async with http.get(url, headers=headers, **options) as resp:
+                    resp.raise_for_status()
+                    pos = at
+                    async for piece in resp.content.iter_any():
+                        if copy:
+                            view[pos : pos + len(piece)] = piece
+                        pos += len(piece)
+                    if pos - at != resp.content_length:
+                        raise RuntimeError(f"{url}: body cut short")
+                    received += pos - at
+
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            with _measure() as m:
+                await asyncio.gather(*(worker(http) for _ in range(min(cfg.concurrency,
+                                                                       len(urls)))))
+        assert received >= sample.nbytes
+        return m
+
+    def entrant(self, name: str, sample: SampleArray) -> Awaitable[Run]:
+        if name == "aiobisque":
+            return self.aiobisque(sample, fresh=False)
+        if name == "aiobisque-fresh":
+            return self.aiobisque(sample, fresh=True)
+        if name == "raw-copy":
+            return self.raw(sample, copy=True)
+        if name == "raw-copy-timeouts":
+            return self.raw(sample, copy=True, timeouts=True)
+        if name == "raw-sink":
+            return self.raw(sample, copy=False)
+        raise ValueError(f"unknown entrant {name!r}; known: {', '.join(ENTRANTS)}")
+
+
+def _run_one(bench: _Bench, name: str, sample: SampleArray, loop: str) -> Run:
+    with asyncio.Runner(loop_factory=_loop_factory(loop)) as runner:
+        return runner.run(bench.entrant(name, sample))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.variants", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--size-mib", default="256,1024",
+                        help="comma-separated sizes (default 256,1024)")
+    parser.add_argument("--loop", default="asyncio,uvloop",
+                        help="comma-separated event loops (default asyncio,uvloop)")
+    parser.add_argument("--entrant", action="append", choices=ENTRANTS,
+                        help="repeatable (default aiobisque, raw-copy)")
     parser.add_argument("--wan", action="store_true",
                         help="100 ms, 16 MB/s per connection, 160 MB/s shared")
-    parser.add_argument("--repeat", type=int, default=9)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--request-mib", type=float,
+                        help="request_bytes for both (default Config's): prices per-request work")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="then profile the first entrant (first size and loop) once")
     args = parser.parse_args(argv)
-    sample = prepare(default_cache(), args.size_mib * MiB)
+    sizes = [int(s) for s in args.size_mib.split(",")]
+    loops = args.loop.split(",")
+    entrants = args.entrant or ["aiobisque", "raw-copy"]
+    samples = [prepare(default_cache(), size * MiB) for size in sizes]
     link = ["--latency", "0.1", "--bandwidth", "16MB", "--total-bandwidth", "160MB"]
     server = subprocess.Popen(
         [sys.executable, "-m", "aiobisque.server", str(default_cache()), "--port", "0",
          "--user", ":".join(_USER), *(link if args.wan else [])],
         stdout=subprocess.PIPE, text=True, env=dict(os.environ),
     )
+    results: dict[tuple[int, str, str], list[Run]] = {}
     try:
         assert server.stdout is not None
-        root = server.stdout.readline().split()[-1]
-        results = asyncio.run(_run(root, sample.uniq, sample.path, sample.shape, args.repeat))
+        options = {"request_bytes": int(args.request_mib * MiB)} if args.request_mib else {}
+        bench = _Bench(server.stdout.readline().split()[-1], options)
+        for r in range(args.repeat):
+            for size, sample in zip(sizes, samples, strict=True):
+                order = [(loop, name) for loop in loops for name in entrants]
+                shift = r % len(order)  # rotate who goes first from one repeat to the next
+                for loop, name in order[shift:] + order[:shift]:
+                    m = _run_one(bench, name, sample, loop)
+                    results.setdefault((size, loop, name), []).append(m)
+        if args.profile:
+            profiler = cProfile.Profile()
+            profiler.enable()
+            _run_one(bench, entrants[0], samples[0], loops[0])
+            profiler.disable()
+            profiler.dump_stats(args.profile)
     finally:
         server.terminate()
         server.wait(timeout=30)
-    print(f"{args.size_mib} MiB, {'WAN' if args.wan else 'loopback'}, medians of {args.repeat}:")
-    for name, runs in results.items():
-        seconds = statistics.median(m.seconds for m in runs)
-        cpu = statistics.median(m.cpu_seconds for m in runs)
-        faults = statistics.median(m.page_faults for m in runs)
-        print(f"  {name:28} {seconds:6.3f} s  cpu {cpu:6.3f} s  "
-              f"({cpu / (args.size_mib / 1024):5.2f} s/GiB)  {faults:8.0f} page faults")
+    link_name = "WAN" if args.wan else "loopback"
+    print(f"{link_name}, medians of {args.repeat} (CPU = user+sys of this process, "
+          "download only):")
+    for size in sizes:
+        for loop in loops:
+            ref = results[(size, loop, entrants[-1])]
+            for name in entrants:
+                runs = results[(size, loop, name)]
+                gib = size / 1024
+                seconds = statistics.median(m.measured.seconds for m in runs)
+                cpu = statistics.median(m.cpu / gib for m in runs)
+                user = statistics.median(m.user / gib for m in runs)
+                system = statistics.median(m.system / gib for m in runs)
+                faults = statistics.median(m.measured.page_faults / gib for m in runs)
+                main = statistics.median(m.main_thread / gib for m in runs)
+                spread = ", ".join(f"{m.cpu / gib:.2f}" for m in runs)
+                # paired within each repeat (neighbours in time share the machine's load)
+                ratio = statistics.median(m.cpu / b.cpu for m, b in zip(runs, ref, strict=True))
+                print(f"  {size:5} MiB {loop:8} {name:16} wall {seconds:6.3f} s  "
+                      f"cpu {cpu:5.2f} s/GiB (user {user:4.2f} sys {system:4.2f}, loop thread "
+                      f"{main:4.2f}, "
+                      f"{faults:6.0f} faults/GiB)  {ratio:4.2f}x {entrants[-1]}  [{spread}]")
     return 0
 
 

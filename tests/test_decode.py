@@ -141,3 +141,37 @@ def test_metadata_checked_once_is_reused_only_for_the_same_question() -> None:
     dec.feed(body)
     with pytest.raises(ProtocolError, match="type"):
         dec.finish()
+
+
+@pytest.mark.parametrize("seen", [False, True], ids=["first body", "known metadata"])
+def test_a_big_first_piece_is_not_kept_in_the_head(seen: bool) -> None:
+    # a first network read holds the metadata and far more: only the metadata stays in the
+    # head, the data goes straight to the output (copied once), checked or not before
+    data = np.arange(64 * 1024, dtype="<f4").reshape(64, 1024)
+    body = server_image(data)
+    if seen:
+        feed(body, [], shape=data.shape)  # checked in full: its metadata is now known
+    dest = np.zeros(data.shape, "<f4")
+    dec = StreamDecoder(shape=data.shape, dtype=np.dtype("<f4"), dest=dest,
+                        chunk_sel=(slice(None), slice(None)), where="test")
+    dec.start(len(body), {})
+    dec.feed(body[: 200_000])
+    assert dec.mode == "direct"
+    assert len(dec.head) == dec.offset
+    assert dec.landed == 200_000 - dec.offset
+    dec.feed(body[200_000:])
+    dec.finish()
+    assert dest.tobytes() == data.tobytes()
+
+
+def test_a_cut_body_with_known_metadata_is_still_refused() -> None:
+    body = server_image(DATA)
+    feed(body, [])  # checked in full: later bodies skip the metadata check
+    dest = np.zeros(DATA.shape, "<f4")
+    dec = StreamDecoder(shape=DATA.shape, dtype=np.dtype("<f4"), dest=dest,
+                        chunk_sel=(slice(None),) * 3, where="test")
+    dec.start(len(body), {})
+    dec.feed(body[: len(body) - 100])
+    assert not dec.heavy  # finish runs on the loop: the fast path
+    with pytest.raises(BodyIncompleteError, match="cut short"):
+        dec.finish()

@@ -153,3 +153,40 @@ async def test_a_failure_after_a_redirect_names_the_url_that_failed() -> None:
     text = str(caught.value)
     assert f"cannot connect to {dead}" in text
     assert f"redirected from {h.root}/table/00-x/a/" in text
+
+
+async def test_retrying_runs_a_first_success_once_and_replays_a_first_failure() -> None:
+    import asyncio
+
+    from aiobisque.retry import retrying
+
+    calls: list[int] = []
+    retried: list[int] = []
+
+    async def ok() -> str:
+        calls.append(1)
+        return "done"
+
+    assert await retrying(ok, QUICK) == ("done", 1)
+    assert calls == [1]
+
+    async def flaky() -> str:
+        calls.append(2)
+        if len(calls) < 4:
+            raise TransportError("cut")
+        return "late"
+
+    result = await retrying(flaky, QUICK, on_retry=lambda exc, n, delay: retried.append(n))
+    assert result == ("late", 3) and retried == [1, 2]  # tenacity numbers the first, too
+
+    async def slow_failure() -> str:
+        calls.append(3)
+        await asyncio.sleep(0.3)
+        raise TransportError("slow")
+
+    # the first attempt's time counts against max_delay, as if tenacity had run it
+    policy = RetryPolicy(max_attempts=5, max_delay=0.2, backoff_initial=0.001,
+                         backoff_max=0.002)
+    with pytest.raises(TransportError, match="slow"):
+        await retrying(slow_failure, policy)
+    assert calls.count(3) == 1

@@ -158,9 +158,31 @@ def test_refuses_to_run_on_its_own_loop(session: Session) -> None:
     assert errors and "progress callback" in str(errors[0])
 
 
-def test_private_loop_uses_uvloop() -> None:
+def test_the_loop_is_asyncio_unless_uvloop_is_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiobisque._loop import LOOP_ENV, LoopThread, new_loop
+    from aiobisque.errors import UsageError
+
+    # asyncio by default: measured cheaper in CPU than uvloop (benchmarks/variants.py)
+    monkeypatch.delenv(LOOP_ENV, raising=False)
+    default = LoopThread("test-default")
+    assert type(default.loop).__module__.startswith("asyncio")
+    _shut(default)
+    monkeypatch.setenv(LOOP_ENV, "bogus")
+    with pytest.raises(UsageError, match="expected 'asyncio' or 'uvloop'"):
+        new_loop()
     uvloop = pytest.importorskip("uvloop")
-    assert isinstance(shared_loop.loop, uvloop.Loop)
+    monkeypatch.setenv(LOOP_ENV, "uvloop")
+    private = LoopThread("test-uvloop")
+    assert isinstance(private.loop, uvloop.Loop)
+    assert private.run(asyncio.sleep(0, "ran")) == "ran"
+    _shut(private)
+
+
+def _shut(thread: Any) -> None:
+    loop = thread.loop
+    loop.call_soon_threadsafe(loop.stop)
+    thread._thread.join(timeout=5)
+    loop.close()
 
 
 @pytest.fixture

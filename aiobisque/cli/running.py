@@ -1,4 +1,5 @@
-"""Running a command's coroutine: on uvloop when installed, with glibc told to give memory back."""
+"""Running a command's coroutine (on asyncio's loop, or uvloop with ``AIOBISQUE_LOOP=uvloop``),
+with glibc told to give memory back."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def return_big_buffers_to_os() -> None:
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run on uvloop when installed; on the private loop thread if a loop already runs here."""
+    """Run on a new loop (:func:`~aiobisque._loop.new_loop`); on the private loop thread if a
+    loop already runs here."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
