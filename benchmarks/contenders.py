@@ -24,6 +24,10 @@ Contenders (:data:`CONTENDERS`):
   exactly the array's bytes. Its result is a byte count too;
 * ``gather-api``: many arrays (``Spec.uniqs``) at once,
   ``asyncio.gather(*(bq.table.load_array(u, path) ...))`` on one session, default settings;
+* ``raw-gather``: the same arrays with plain aiohttp and no limit on requests in flight:
+  for every array an ``info`` request, then one ``format:hdf`` request for the whole array
+  (bodies read, not decoded), all gathered at once: what this server allows a client that
+  makes the same two round trips per array. A byte count, not arrays;
 * ``cli-from-list``: the same arrays with ``aiobisque download ROOT --from-list FILE``
   (default options, ``.npy`` outputs) in a process of its own; the password travels in
   ``$BISQUE_PASSWORD``. Its seconds are the command's from start to exit (interpreter start,
@@ -59,6 +63,7 @@ CONTENDERS: dict[str, str] = {
     "gather-api": "many arrays: asyncio.gather of table.load_array on one session",
     "gather-api-uvloop": "gather-api on uvloop",
     "cli-from-list": "many arrays: aiobisque download --from-list, default options",
+    "raw-gather": "many arrays: plain aiohttp, info + one data request each, all at once",
 }
 
 #: attempts per request of the raw sink before it gives up (it has no retry policy of its own)
@@ -165,6 +170,41 @@ async def _gather_api(spec: Spec) -> Outcome:
         outcome = _many_outcome(spec, m, list(arrays), sum(s.retries for s in stats))
         outcome.attempts = sum(getattr(s, "attempts", 0) for s in stats)
         return outcome
+
+
+async def _raw_gather(spec: Spec) -> Outcome:
+    import aiohttp
+
+    from aiobisque import BisqueSession
+    from aiobisque.protocol import split_path, table_url
+
+    async with BisqueSession(spec.root, auth=(spec.user, spec.password)) as bq:
+        base = bq.table.base_url
+        info = await bq.table.info(spec.uniqs[0], spec.path)  # every array has this shape
+        assert info.shape is not None
+        whole = ",".join(";" for _ in info.shape)
+    parts = split_path(spec.path)
+    headers = {"Accept-Encoding": "identity"}
+    received = 0
+
+    async def one(http: aiohttp.ClientSession, uniq: str) -> None:
+        nonlocal received
+        async with http.get(table_url(base, uniq, parts, None, ["info", "format:json"]),
+                            headers=headers) as resp:
+            resp.raise_for_status()
+            await resp.read()
+        async with http.get(table_url(base, uniq, parts, whole, ["format:hdf"]),
+                            headers=headers) as resp:
+            resp.raise_for_status()
+            body = await resp.read()  # before the sum: += would read it before the await
+        received += len(body)
+
+    connector = aiohttp.TCPConnector(limit=0)
+    auth = aiohttp.BasicAuth(spec.user, spec.password)
+    async with aiohttp.ClientSession(connector=connector, auth=auth) as http:
+        with measure() as m:
+            await asyncio.gather(*(one(http, u) for u in spec.uniqs))
+    return Outcome(spec.contender, m, received, None)
 
 
 def _cli_from_list(spec: Spec) -> Outcome:
@@ -348,6 +388,7 @@ _RUNNERS: dict[str, Callable[[Spec], Outcome]] = {
     "gather-api": _on_loop(_gather_api, "asyncio"),
     "gather-api-uvloop": _on_loop(_gather_api, "uvloop"),
     "cli-from-list": _cli_from_list,
+    "raw-gather": _on_loop(_raw_gather, "asyncio"),
 }
 
 

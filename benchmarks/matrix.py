@@ -48,7 +48,7 @@ class MatrixPlan:
     small_count: int = 500
     small_bytes: int = 64 * KiB
     small_latencies_ms: tuple[float, ...] = (10, 100)
-    small_contenders: tuple[str, ...] = ("gather-api", "cli-from-list")
+    small_contenders: tuple[str, ...] = ("gather-api", "cli-from-list", "raw-gather")
     cpu_sizes_mib: tuple[float, ...] = (256, 1024)
     cpu_contenders: tuple[str, ...] = (ASYNCIO, "raw-copy", UVLOOP, "raw-copy-uvloop",
                                        "raw-sink")
@@ -193,7 +193,11 @@ def small_section(rows: Sequence[Row], *, repeat: int, conditions_lines: Sequenc
            "(password in `$BISQUE_PASSWORD`, default options, one `.npy` per line) as a "
            "process of its own; seconds from its start to its exit, so interpreter start, "
            "imports and login are in; *start-up*: `aiobisque download --help` timed just "
-           "before (interpreter and imports, no network). *Floor*: `2 x latency + total "
+           "before (interpreter and imports, no network). `raw-gather`: plain aiohttp, no "
+           "limit on requests in flight, for every array an info request then one "
+           "`format:hdf` request for the whole array (bodies read, not decoded), all at "
+           "once: what this server and machine allow any client making the same two round "
+           "trips per array (byte counts checked). *Floor*: `2 x latency + total "
            "bytes / 160 MB/s`. "
            "*Requests*: data / other (info, session, services) as counted by the server. "
            "*Server CPU*: the embedded server's process during the download (it shares the "
@@ -333,9 +337,12 @@ def targets(parts: dict[str, list[Row]]) -> list[tuple[str, str, str]]:
             if row.entrant.label != contender or row.scenario.faults.latency != 0.1:
                 continue
             x = row.x_floor
+            raw = _row(small, row.scenario.name, "raw-gather")
+            bound = (f"; plain aiohttp with no limit on requests in flight: "
+                     f"{_fmt(raw.x_floor, '.2f', 'x')}" if raw is not None else "")
             out.append((f"{row.scenario.name} via {what}: <= 1.5x floor",
                         f"{_fmt(x, '.2f', 'x')} ({_fmt(row.seconds, '.2f')} s vs floor "
-                        f"{_fmt(row.floor, '.2f')} s), exact: {row.exact}",
+                        f"{_fmt(row.floor, '.2f')} s), exact: {row.exact}{bound}",
                         _verdict(None if x is None else x <= 1.5 and row.exact == "yes")))
     cpu = parts.get("cpu", [])
     for name in _scenario_names(cpu):
