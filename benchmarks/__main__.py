@@ -179,10 +179,13 @@ def _matrix(args: argparse.Namespace, repeat: int, cache: Path, command: str,
     conditions = report.conditions(command, load_before)
     texts = matrix.sections(parts, repeat=repeat, cpu_repeat=cpu_repeat, command=command,
                             conditions_lines=conditions)
-    if "issue15-targets" not in texts:  # a partial run: print what it can judge
+    if "issue15-targets" not in texts:  # a partial run: print (not write) what it can judge
         print()
         print("\n".join(report.markdown_table(("goal", "measured", "verdict"),
                                               matrix.targets(parts))))
+    if "uvloop" not in texts and ("matrix" in parts or "cpu" in parts):
+        print()
+        print(matrix.uvloop_section(parts, conditions_lines=conditions))
     for name, text in texts.items():
         print()
         print(text)

@@ -385,7 +385,9 @@ def targets_section(parts: dict[str, list[Row]], *, commands: Sequence[str],
 
 def sections(parts: dict[str, list[Row]], *, repeat: int, cpu_repeat: int,
              command: str, conditions_lines: Sequence[str]) -> dict[str, str]:
-    """Section name -> Markdown, for the parts that ran (targets only when all did)."""
+    """Section name -> Markdown, for the parts that ran: a partial run (``--part``) replaces
+    only the sections of its parts, so ``issue15-targets`` needs all three and ``uvloop``
+    both ``matrix`` and ``cpu`` (a section never mixes runs)."""
     out: dict[str, str] = {}
     if set(PARTS) <= parts.keys():
         out["issue15-targets"] = targets_section(parts, commands=[command],
@@ -399,6 +401,6 @@ def sections(parts: dict[str, list[Row]], *, repeat: int, cpu_repeat: int,
     if "cpu" in parts:
         out["cpu-raw-copy"] = cpu_section(parts["cpu"], repeat=cpu_repeat,
                                           conditions_lines=conditions_lines)
-    if "matrix" in parts or "cpu" in parts:
+    if {"matrix", "cpu"} <= parts.keys():  # its ratios come from both
         out["uvloop"] = uvloop_section(parts, conditions_lines=conditions_lines)
     return out
