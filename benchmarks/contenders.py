@@ -284,14 +284,21 @@ async def _raw_sink(spec: Spec, copy: bool = False) -> Outcome:
     cfg = Config().replace(**spec.options)
     async with BisqueSession(spec.root, auth=(spec.user, spec.password)) as bq:
         remote = await bq.table.open(spec.uniq, spec.path)
-        plan = make_plan(normalize_selection(..., remote.shape), remote.dtype.itemsize,
-                         cfg.request_bytes)
-        urls = [remote.url_for(request) for request in plan]
+        try:
+            plan = make_plan(normalize_selection(..., remote.shape), remote.dtype.itemsize,
+                             cfg.request_bytes)
+            requests = [(remote.url_for(request), request.nbytes) for request in plan]
+        except (TypeError, AttributeError):  # a later client's planner: plan rows here
+            requests = _row_requests(bq.table.base_url, spec, tuple(remote.shape),
+                                     remote.dtype.itemsize,
+                                     getattr(cfg, "request_bytes", 4 << 20))
+        urls = [url for url, _ in requests]
+        concurrency = getattr(cfg, "concurrency", 16)
         # raw-copy: where each request's payload goes in the buffer (plan order)
         regions, start = [], 0
-        for request in plan:
-            regions.append((start, start + request.nbytes))
-            start += request.nbytes
+        for _, nbytes in requests:
+            regions.append((start, start + nbytes))
+            start += nbytes
         total = start
     headers = {"Accept-Encoding": "identity"}
     pending = iter(zip(urls, regions, strict=True))
@@ -336,10 +343,30 @@ async def _raw_sink(spec: Spec, copy: bool = False) -> Outcome:
         with measure() as m:
             if copy:  # fresh, like a result array: its page faults are paid while copying
                 buffer = np.empty(total, dtype=np.uint8)
-            await asyncio.gather(*(worker(http) for _ in range(min(cfg.concurrency, len(urls)))))
+            await asyncio.gather(*(worker(http) for _ in range(min(concurrency, len(urls)))))
     if copy:
         return Outcome(spec.contender, m, copied, None, client_retries=retries)
     return Outcome(spec.contender, m, received, None, client_retries=retries)
+
+
+def _row_requests(base: str, spec: Spec, shape: tuple[int, ...], itemsize: int,
+                  request_bytes: int) -> list[tuple[str, int]]:
+    """Whole-array requests of about ``request_bytes``, split along the first axis: the
+    raw contenders' own plan when ``aiobisque.plan.make_plan`` has another signature."""
+    from aiobisque.protocol import split_path, table_url
+
+    row = itemsize
+    for n in shape[1:]:
+        row *= n
+    rows = max(1, request_bytes // max(1, row))
+    rest = [f"0;{n - 1}" if n > 1 else "0" for n in shape[1:]]
+    out = []
+    for lo in range(0, shape[0], rows):
+        hi = min(shape[0], lo + rows) - 1
+        text = ",".join([str(lo) if lo == hi else f"{lo};{hi}", *rest])
+        out.append((table_url(base, spec.uniq, split_path(spec.path), text, ["format:hdf"]),
+                    (hi - lo + 1) * row))
+    return out
 
 
 async def _raw_copy(spec: Spec) -> Outcome:
