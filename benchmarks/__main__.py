@@ -1,10 +1,12 @@
-"""``python -m benchmarks [sweep] [--quick] [--scenario NAME ...] [--repeat N] ...``.
+"""``python -m benchmarks [sweep|matrix] [--quick] [--scenario NAME ...] [--repeat N] ...``.
 
 Without a command it runs the scenarios and contenders of :mod:`benchmarks.scenarios` and
 writes the ``results`` section of ``benchmarks/RESULTS.md``; ``sweep`` runs the
-``request_bytes`` x ``concurrency`` grid and writes the ``sweep`` section. ``--quick`` runs
-tiny arrays once with two contenders (seconds) and writes nothing unless ``--output`` is
-given. The exit status is 1 when any download failed or was not bit-exact.
+``request_bytes`` x ``concurrency`` grid and writes the ``sweep`` section; ``matrix`` runs
+issue #15's benchmarks (:mod:`benchmarks.matrix`: sizes x latencies, many small arrays, CPU
+against a raw copy, uvloop) and writes their sections only with ``--write`` (or
+``--output``). ``--quick`` runs tiny arrays once (seconds) and writes nothing unless
+``--output`` is given. The exit status is 1 when any download failed or was not bit-exact.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks import report
+from benchmarks import matrix, report
 from benchmarks.harness import Entrant, Row, run_scenarios
 from benchmarks.scenarios import QUICK_SCENARIOS, SCENARIOS, Scenario, default_cache
 from benchmarks.sweep import CONCURRENCY, REQUEST_MIB, grid
@@ -27,7 +29,7 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", nargs="?", choices=("run", "sweep"), default="run")
+    parser.add_argument("command", nargs="?", choices=("run", "sweep", "matrix"), default="run")
     parser.add_argument("--quick", action="store_true",
                         help="tiny arrays, one repeat, two contenders: seconds in total")
     parser.add_argument("--scenario", action="append", default=[], metavar="NAME",
@@ -45,6 +47,30 @@ def _parser() -> argparse.ArgumentParser:
                         help="sweep: request sizes in MiB, comma-separated")
     parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)),
                         help="sweep: concurrency values, comma-separated")
+    full = matrix.full_plan()
+    group = parser.add_argument_group("matrix (issue #15)")
+    group.add_argument("--part", action="append", choices=matrix.PARTS, default=[],
+                       help="run only this part (repeatable; default all: matrix, small, "
+                            "cpu; uvloop ratios come from matrix and cpu)")
+    group.add_argument("--sizes", default=None, metavar="MIB,...",
+                       help="array sizes in MiB (default "
+                            f"{','.join(f'{m:g}' for m in full.sizes_mib)})")
+    group.add_argument("--latencies", default=None, metavar="MS,...",
+                       help="link latencies in ms (default "
+                            f"{','.join(f'{m:g}' for m in full.latencies_ms)})")
+    group.add_argument("--small-count", type=int, default=None, metavar="N",
+                       help=f"many small arrays: how many (default {full.small_count})")
+    group.add_argument("--small-latencies", default=None, metavar="MS,...",
+                       help="many small arrays: latencies in ms (default "
+                            f"{','.join(f'{m:g}' for m in full.small_latencies_ms)})")
+    group.add_argument("--cpu-sizes", default=None, metavar="MIB,...",
+                       help="CPU versus raw copy: sizes in MiB (default "
+                            f"{','.join(f'{m:g}' for m in full.cpu_sizes_mib)})")
+    group.add_argument("--cpu-repeat", type=int, default=None, metavar="N",
+                       help="CPU part: runs of each download (default: --repeat, at least 3; "
+                            "1 with --quick)")
+    group.add_argument("--write", action="store_true",
+                       help=f"matrix: update the sections of {RESULTS} (or --output)")
     return parser
 
 
@@ -81,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     all_scenarios = QUICK_SCENARIOS if args.quick else SCENARIOS
 
+    if args.command == "matrix":
+        return _matrix(args, repeat, cache, command, load_before)
+
     if args.command == "sweep":
         names = args.scenario or ["WAN", "Loopback"]
         scenarios = [s for s in _select(all_scenarios, names) if s.name in ("WAN", "Loopback")]
@@ -114,6 +143,57 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.update_section(output, section, text)
         print(f"wrote the {section} section of {output}")
     return 1 if _any_failed(rows) else 0
+
+
+def _matrix(args: argparse.Namespace, repeat: int, cache: Path, command: str,
+            load_before: str) -> int:
+    import dataclasses
+
+    plan = matrix.quick_plan() if args.quick else matrix.full_plan()
+    changes: dict[str, object] = {}
+    for option, name, kind in (("sizes", "sizes_mib", float), ("latencies", "latencies_ms", float),
+                               ("small_latencies", "small_latencies_ms", float),
+                               ("cpu_sizes", "cpu_sizes_mib", float)):
+        text = getattr(args, option)
+        if text is not None:
+            changes[name] = tuple(_numbers(text, kind, "--" + option.replace("_", "-")))
+    if args.small_count is not None:
+        if args.small_count < 1:
+            raise SystemExit("--small-count must be at least 1")
+        changes["small_count"] = args.small_count
+    if args.part:
+        changes["parts"] = tuple(p for p in matrix.PARTS if p in args.part)
+    plan = dataclasses.replace(plan, **changes)  # type: ignore[arg-type]
+    cpu_repeat = args.cpu_repeat if args.cpu_repeat is not None else (
+        1 if args.quick else max(3, repeat))
+    if cpu_repeat < 1:
+        raise SystemExit("--cpu-repeat must be at least 1")
+    output = args.output if args.output is not None else (RESULTS if args.write else None)
+    known = set(plan.matrix_contenders + plan.small_contenders + plan.cpu_contenders)
+    unknown = set(args.contender) - known
+    if unknown:
+        raise SystemExit(f"unknown contender(s) {', '.join(sorted(unknown))}; "
+                         f"known here: {', '.join(sorted(known))}")
+    parts = matrix.run_plan(plan, repeat=repeat, cpu_repeat=cpu_repeat, cache=cache,
+                            contenders=args.contender)
+    conditions = report.conditions(command, load_before)
+    texts = matrix.sections(parts, repeat=repeat, cpu_repeat=cpu_repeat, command=command,
+                            conditions_lines=conditions)
+    if "issue15-targets" not in texts:  # a partial run: print (not write) what it can judge
+        print()
+        print("\n".join(report.markdown_table(("goal", "measured", "verdict"),
+                                              matrix.targets(parts))))
+    if "uvloop" not in texts and ("matrix" in parts or "cpu" in parts):
+        print()
+        print(matrix.uvloop_section(parts, conditions_lines=conditions))
+    for name, text in texts.items():
+        print()
+        print(text)
+        if output is not None:
+            report.update_section(output, name, text)
+    if output is not None:
+        print(f"wrote the {', '.join(texts)} sections of {output}")
+    return 1 if any(_any_failed(rows) for rows in parts.values()) else 0
 
 
 def _any_failed(rows: Sequence[Row]) -> bool:

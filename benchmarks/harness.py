@@ -15,6 +15,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 
 from aiobisque.server import serve_in_thread
 from benchmarks.contenders import Outcome, Spec
-from benchmarks.scenarios import GiB, SampleArray, Scenario, prepare
+from benchmarks.scenarios import GiB, SampleArray, Scenario, sample_for
 
 __all__ = ["Entrant", "Row", "Run", "run_scenarios"]
 
@@ -77,6 +78,11 @@ class Run:
     retries: int  # data requests that repeated an earlier one
     faults: dict[str, int]
     exact: bool | None  # None: the contender does not produce an array (raw sink)
+    #: CPU seconds of this (the server's) process while the child ran: the embedded server's
+    #: cost of serving the download (this process's main thread only waits meanwhile)
+    server_cpu: float = 0.0
+    server_peak_in_flight: int = 0  # data requests being served at once, at most
+    other_requests: int = 0  # requests that were not data requests (info, session, ...)
 
 
 @dataclass
@@ -113,6 +119,50 @@ class Row:
     def of_link_limit(self) -> float | None:
         limit, s = self.scenario.link_limit(), self.seconds
         return limit / s if limit and s else None
+
+    @property
+    def floor(self) -> float | None:
+        return self.scenario.floor()
+
+    @property
+    def of_floor(self) -> float | None:
+        """Issue #15's measure: floor / seconds (1.0 = the floor itself)."""
+        floor, s = self.scenario.floor(), self.seconds
+        return floor / s if floor and s else None
+
+    @property
+    def x_floor(self) -> float | None:
+        """seconds / floor (how many times the floor)."""
+        floor, s = self.scenario.floor(), self.seconds
+        return s / floor if floor and s else None
+
+    @property
+    def cpu_seconds(self) -> float | None:
+        return self._median(lambda r: _measured(r).cpu_seconds)
+
+    @property
+    def server_cpu(self) -> float | None:
+        return self._median(lambda r: r.server_cpu)
+
+    @property
+    def startup_seconds(self) -> float | None:
+        values = [r.outcome.startup_seconds for r in self.ok_runs
+                  if r.outcome is not None and r.outcome.startup_seconds is not None]
+        return statistics.median(values) if values else None
+
+    @property
+    def server_peak_in_flight(self) -> float | None:
+        return self._median(lambda r: float(r.server_peak_in_flight))
+
+    @property
+    def other_requests(self) -> float | None:
+        return self._median(lambda r: float(r.other_requests))
+
+    @property
+    def peak_in_flight(self) -> float | None:
+        values = [r.outcome.peak_in_flight for r in self.ok_runs
+                  if r.outcome is not None and r.outcome.peak_in_flight is not None]
+        return statistics.median(values) if values else None
 
     @property
     def cpu_per_gib(self) -> float | None:
@@ -205,7 +255,7 @@ def run_scenarios(
     """Run every entrant of every scenario ``repeat`` times; one :class:`Row` per pair."""
     rows: list[Row] = []
     for scenario in scenarios:
-        sample = prepare(cache, scenario.nbytes)
+        sample = sample_for(scenario, cache)
         prime_memory(4 * scenario.nbytes + 64 * 2**20)  # bqapi needs ~3x the array
         chosen = list(entrants(scenario))
         mine = {e: Row(scenario, sample, e) for e in chosen}
@@ -218,17 +268,21 @@ def run_scenarios(
                     server.faults = scenario.faults_for(r)
                     server.stats.reset()
                     spec = Spec(entrant.contender, server.root, _USER, _PASSWORD, sample.uniq,
-                                sample.path, dict(entrant.options))
+                                sample.path, dict(entrant.options), list(sample.uniqs))
                     outcome: Outcome | None = None
                     error = None
+                    cpu0 = time.process_time()
                     try:
                         outcome = _child(spec)
                     except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
                         error = str(exc)
+                    server_cpu = time.process_time() - cpu0
                     stats = server.stats
                     run = Run(entrant, r, outcome, error, stats.requests["data"], stats.retries,
                               dict(stats.faults),
-                              _check(outcome, sample) if outcome else False)
+                              _check(outcome, sample) if outcome else False, server_cpu,
+                              stats.peak_in_flight,
+                              sum(n for k, n in stats.requests.items() if k != "data"))
                     mine[entrant].runs.append(run)
                     log(_describe(scenario, run))
     return rows
@@ -242,4 +296,8 @@ def _describe(scenario: Scenario, run: Run) -> str:
     verdict = {True: "exact", None: "bytes ok", False: "MISMATCH"}[run.exact]
     return (f"{head} {m.seconds:7.2f} s  cpu {m.cpu_seconds:6.2f} s  "
             f"faults {m.page_faults:6d}  rss +{m.rss_growth / 2**20:7.1f} MiB  {run.requests:4d} req  "
-            f"{run.retries:3d} retries  {verdict}")
+            f"{run.retries:3d} retries  {verdict}"
+            + (f"  peak in flight {run.outcome.peak_in_flight}"
+               if run.outcome.peak_in_flight is not None else "")
+            + f"  server: peak {run.server_peak_in_flight} in flight, "
+              f"{run.other_requests} other req, cpu {run.server_cpu:.2f} s")
