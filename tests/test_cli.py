@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from aiobisque import Config
+from aiobisque import Config, window
 from aiobisque.cli import EXIT_AUTH, EXIT_FAILED, EXIT_OK, EXIT_USAGE, credentials, main
 from aiobisque.config import MiB
 from aiobisque.server import FaultPlan, TableServer, samples
@@ -71,7 +71,8 @@ def test_help_states_the_real_defaults(capsys: pytest.CaptureFixture[str]) -> No
         main(["download", "--help"])
     out = " ".join(capsys.readouterr().out.split())  # help wraps lines anywhere
     defaults = Config()
-    assert f"--concurrency N most requests in flight (default {defaults.concurrency})" in out
+    assert (f"--concurrency N most requests in flight: the ceiling of the adaptive window, "
+            f"which starts at {window.START} (default {defaults.concurrency})") in out
     assert f"(default {defaults.request_bytes / MiB:g})" in out
     assert f"bounds memory (default {defaults.inflight_bytes / MiB:g})" in out
     assert f"(default {max(1, 2 * defaults.request_bytes / MiB):g}: two requests" in out
@@ -586,3 +587,14 @@ def test_demo_table_explains_itself(capsys: pytest.CaptureFixture[str], tmp_path
     assert "emulated link: 10 ms per request, one connection at most 7.6 MiB/s, " \
            "all together at most 61.0 MiB/s" in out
     assert "capped by the per-connection rate" in out and "all results bit-exact" in out
+
+
+def test_a_bad_event_loop_choice_is_a_usage_error(capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    monkeypatch.setenv("AIOBISQUE_LOOP", "bogus")
+    status, _out, err = run(capsys, "info", "http://127.0.0.1:9", "vol")
+    gc.collect()  # the command's coroutine was closed, not left to warn "never awaited"
+    assert status == 2
+    assert "AIOBISQUE_LOOP='bogus': expected 'asyncio' or 'uvloop'" in err

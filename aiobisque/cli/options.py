@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from aiobisque import window
 from aiobisque.cli.exits import (
     EXIT_AUTH,
     EXIT_FAILED,
@@ -49,6 +50,7 @@ environment:
   {ROOT_ENV}      server root URL, when ROOT is not given
   {PASSWORD_ENV}  password for --user (else ~/.netrc, then a prompt)
   NETRC            netrc file to read instead of ~/.netrc
+  AIOBISQUE_LOOP   uvloop: run on uvloop (pip install 'aiobisque[uvloop]'); default asyncio
 """
 
 
@@ -90,12 +92,14 @@ def connection_options() -> argparse.ArgumentParser:
                       help="allow credentials over plain http to a non-local host")
     tuning = common.add_argument_group("transfer")
     tuning.add_argument("--concurrency", type=positive_int, metavar="N",
-                        help=f"most requests in flight (default {defaults.concurrency})")
+                        help="most requests in flight: the ceiling of the adaptive window, "
+                             f"which starts at {window.START} (default {defaults.concurrency})")
     tuning.add_argument("--request-mb", type=positive_float, metavar="M",
                         help="payload per range request in MiB "
                              f"(default {mib(defaults.request_bytes)})")
     tuning.add_argument("--inflight-mb", type=positive_float, metavar="M",
-                        help="most MiB held by requests in flight, bounds memory "
+                        help="most MiB held in memory by requests in flight (file blocks, "
+                             "bodies held whole), bounds memory "
                              f"(default {mib(defaults.inflight_bytes)})")
     common.add_argument("-v", "--verbose", action="count", default=0,
                         help="log what happens (-vv: debug)")

@@ -42,6 +42,11 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        with asyncio.Runner(loop_factory=new_loop) as runner:
+        try:
+            loop = new_loop()  # raises UsageError for a bad AIOBISQUE_LOOP
+        except BaseException:
+            coro.close()  # never started: no "coroutine was never awaited" warning
+            raise
+        with asyncio.Runner(loop_factory=lambda: loop) as runner:
             return runner.run(coro)
     return run_sync(coro)
