@@ -131,7 +131,11 @@ class LoopThread:
         waits up to ``_CANCEL_GRACE`` seconds for it to finish cleaning up (its requests
         cancelled, its connections closed) and is then re-raised.
         """
-        loop = self.loop
+        try:
+            loop = self.loop  # raises UsageError for a bad AIOBISQUE_LOOP
+        except BaseException:
+            coro.close()  # never started: no "coroutine was never awaited" warning
+            raise
         if self.is_current():
             coro.close()
             raise RuntimeError(

@@ -217,6 +217,11 @@ def _file_threads() -> ThreadPoolExecutor:
     return _FILE_POOL[0]
 
 
+if hasattr(os, "register_at_fork"):
+    # a forked child has none of the pool's threads: work queued to them would never run
+    os.register_at_fork(after_in_child=_FILE_POOL.clear)
+
+
 async def _in_thread(fn: Callable[[], T]) -> T:
     """Run blocking file work in a thread; never return while that thread still runs.
 

@@ -94,7 +94,6 @@ class Limiter:
         self.in_flight = 0  # requests sent and not ended: never more than the ceiling
         self.counted = 0  # of those, the ones not handed over (see hand_over)
         self.peak = 0
-        self.peak_limit = self.window.limit
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     @property
@@ -144,7 +143,6 @@ class Limiter:
             self.window.on_congestion(now)
         elif outcome == "server_error":
             self.window.on_server_error(now)
-        self.peak_limit = max(self.peak_limit, self.limit)
         self._wake()
 
     def _wake(self) -> None:

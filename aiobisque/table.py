@@ -96,12 +96,18 @@ class TableService:
             if not asking.answer.done():
                 asking.callers -= 1
                 if asking.callers == 0:
-                    asking.answer.cancel()  # nobody waits for it any more
+                    # nobody waits for it any more; forgotten at once, so a caller arriving
+                    # before the cancellation lands asks anew instead of joining it
+                    self._forget(key, asking)
+                    asking.answer.cancel()
             raise
 
-    def _answered(self, key: tuple[Any, ...], asking: _Asking) -> None:
+    def _forget(self, key: tuple[Any, ...], asking: _Asking) -> None:
         if self._asking.get(key) is asking:
             del self._asking[key]
+
+    def _answered(self, key: tuple[Any, ...], asking: _Asking) -> None:
+        self._forget(key, asking)
         if not asking.answer.cancelled():
             asking.answer.exception()  # retrieved: each caller raises it for itself
 

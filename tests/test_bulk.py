@@ -863,3 +863,23 @@ def test_one_process_at_a_time_fills_a_table_download(tmp_path: Path) -> None:
             _lock(tmp_path, tmp_path / "t.npy")
     finally:
         os.close(first)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() only")
+def test_file_work_runs_in_a_forked_child_too() -> None:
+    import multiprocessing
+
+    from aiobisque.bulk import _in_thread
+
+    assert asyncio.run(_in_thread(lambda: "parent")) == "parent"  # the pool has threads now
+    ctx = multiprocessing.get_context("fork")
+    answers = ctx.Queue()
+    child = ctx.Process(target=lambda: answers.put(asyncio.run(_in_thread(lambda: "child"))))
+    child.start()
+    child.join(10)
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+        child.join()
+    assert not hung, "the child waited for the parent's file threads"
+    assert answers.get(timeout=1) == "child"

@@ -433,3 +433,17 @@ async def test_identical_info_questions_in_flight_share_one_request(
         await alone
     await asyncio.sleep(0)
     assert bq.table._asking == {}
+
+
+async def test_a_caller_arriving_as_the_last_one_gives_up_still_gets_the_answer(
+        server: TableServer, bq: BisqueSession) -> None:
+    server.faults = FaultPlan(latency=0.05)
+    alone = asyncio.create_task(bq.table.info("vol", "volume"))
+    await asyncio.sleep(0.01)
+    alone.cancel()  # the shared request is cancelled once alone has gone...
+    late = asyncio.create_task(bq.table.info("vol", "volume"))  # ...as late asks
+    info = await late  # its own request, not the cancelled one's CancelledError
+    assert info.kind == "matrix"
+    assert alone.cancelled()
+    await asyncio.sleep(0)
+    assert bq.table._asking == {}

@@ -170,6 +170,11 @@ def test_the_loop_is_asyncio_unless_uvloop_is_asked_for(monkeypatch: pytest.Monk
     monkeypatch.setenv(LOOP_ENV, "bogus")
     with pytest.raises(UsageError, match="expected 'asyncio' or 'uvloop'"):
         new_loop()
+    # the synchronous API refuses it too, and closes the coroutine it will not run
+    never = asyncio.sleep(0)
+    with pytest.raises(UsageError, match="expected 'asyncio' or 'uvloop'"):
+        LoopThread("test-bogus").run(never)
+    assert never.cr_frame is None  # closed: no "coroutine was never awaited" warning
     uvloop = pytest.importorskip("uvloop")
     monkeypatch.setenv(LOOP_ENV, "uvloop")
     private = LoopThread("test-uvloop")
