@@ -3,7 +3,7 @@
 A :class:`Config` is given to a session and can be overridden for one call::
 
     BisqueSession(root, config=Config(concurrency=4))
-    await table.load_array(uniq, path, concurrency=16)       # replace() for this call only
+    await table.load_array(uniq, path, request_bytes=8 << 20)  # replace() for this call only
 
 Invalid values raise :class:`~aiobisque.UsageError` when the object is made, not half way
 through a download.

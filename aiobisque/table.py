@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from aiobisque import window
 from aiobisque.config import Config
 from aiobisque.download import Ledger, run_plan
 from aiobisque.errors import (
@@ -112,7 +113,8 @@ class TableService:
             asking.answer.exception()  # retrieved: each caller raises it for itself
 
     def _cancel_pending(self) -> None:
-        """Cancel info requests whose callers have all gone (the session is closing)."""
+        """Cancel the info requests still in flight: the session is closing, so its
+        connections go and no answer could arrive."""
         for asking in list(self._asking.values()):
             asking.answer.cancel()
 
@@ -440,7 +442,8 @@ class RemoteArray:
         """
         self.check_readable()
         if plan is None:
-            size = request_size(sel.size * self.dtype.itemsize, config.request_bytes)
+            size = request_size(sel.size * self.dtype.itemsize, config.request_bytes,
+                                spread=min(window.START, config.concurrency))
             plan = make_plan(sel, self.dtype.itemsize, size)
         session = self.table.session
         # the trailing Ellipsis keeps this a view even for 0-d results (not a scalar copy)

@@ -99,6 +99,20 @@ def test_info_array(capsys: pytest.CaptureFixture[str], thread_server: TableServ
     assert "125 elements, 500 B" in out and "meta ObjectType: DataArray<int32_t>" in out
 
 
+def test_options_may_sit_between_positionals(capsys: pytest.CaptureFixture[str],
+                                             thread_server: TableServer,
+                                             login: list[str]) -> None:
+    # "ROOT --user me UNIQ PATH": argparse alone calls UNIQ and PATH unrecognized
+    status, out, _ = run(capsys, "info", thread_server.root, *login, samples.SEED_UNIQ,
+                         "--json", samples.SEED_PATH)
+    assert status == EXIT_OK and json.loads(out)["shape"] == [5, 5, 5, 1]
+    with pytest.raises(SystemExit) as refused:
+        run(capsys, "info", thread_server.root, *login, samples.SEED_UNIQ, samples.SEED_PATH,
+            "surplus")
+    assert refused.value.code == EXIT_USAGE
+    assert "unrecognized arguments: surplus" in capsys.readouterr().err
+
+
 def test_info_group_tree(capsys: pytest.CaptureFixture[str], thread_server: TableServer,
                          login: list[str]) -> None:
     status, out, _ = run(capsys, "info", thread_server.root, samples.SEED_UNIQ, *login)

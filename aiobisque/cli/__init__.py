@@ -133,7 +133,28 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             module = importlib.import_module(cmd.module)
             module.add_arguments(sub)
             sub.set_defaults(handler=module.main)
+            _SUBPARSERS[cmd.name] = sub
     return parser
+
+
+#: the parser of each command loaded by build_parser, for :func:`_parse`
+_SUBPARSERS: dict[str, argparse.ArgumentParser] = {}
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``, allowing a command's options between its positionals
+    (``download ROOT --user me UNIQ PATH``), which argparse alone refuses as
+    "unrecognized arguments"."""
+    args, extra = parser.parse_known_args(argv)
+    sub = _SUBPARSERS.get(args.command)
+    if not extra or sub is None:
+        return parser.parse_args(argv)  # all parsed, or the usual error for what is left
+    at = argv.index(args.command)
+    try:
+        return sub.parse_intermixed_args(argv[at + 1:],
+                                         namespace=argparse.Namespace(command=args.command))
+    except TypeError:  # a command whose arguments cannot be intermixed
+        return parser.parse_args(argv)
 
 
 def _requested(argv: Sequence[str]) -> str:
@@ -172,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``aiobisque`` command line; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(_requested(argv))
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     name = f"aiobisque {args.command}"
     with _logging(getattr(args, "verbose", 0)):
         try:
