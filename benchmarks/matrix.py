@@ -373,6 +373,10 @@ def targets(parts: dict[str, list[Row]]) -> list[tuple[str, str, str]]:
                         f"{r.cpu_per_gib:.2f} s/GiB)",
                         _verdict(ratio <= 1.1)))
     summary = uvloop_summary(parts)
+    if not summary and not _uvloop_is_default():
+        out.append(("uvloop: a measured win, or not the default (the default of the CLI "
+                    "and the sync API: asyncio)", "not measured: uvloop is not installed",
+                    _verdict(True)))
     if summary:
         walls = [w for name in _scenario_names(matrix)
                  for w, _ in [_loop_ratios(matrix, name)] if w is not None]
