@@ -22,19 +22,26 @@ from benchmarks.scenarios import prepare
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_quick_run_writes_a_checked_report(tmp_path: Path) -> None:
+def quick_report(tmp_path: Path, *command: str) -> str:
+    """``python -m benchmarks COMMAND --quick`` into a RESULTS.md with hand-written notes:
+    the report's text, once it has checked the run passed and kept the notes."""
     output = tmp_path / "RESULTS.md"
     output.write_text("# Kept\n\nhand-written notes\n", encoding="utf-8")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--cache-dir", str(tmp_path / "data"),
-         "--output", str(output)],
+        [sys.executable, "-m", "benchmarks", *command, "--quick", "--cache-dir",
+         str(tmp_path / "data"), "--output", str(output)],
         capture_output=True, text=True, timeout=90, cwd=REPO, env=env, check=False,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     text = output.read_text(encoding="utf-8")
     assert text.startswith("# Kept\n\nhand-written notes\n")
+    return text
+
+
+def test_quick_run_writes_a_checked_report(tmp_path: Path) -> None:
+    text = quick_report(tmp_path)
     assert "<!-- results:start -->" in text and "<!-- results:end -->" in text
     rows = [line for line in text.splitlines() if line.startswith(("| WAN |", "| Loopback |"))]
     assert len(rows) == 4  # two scenarios x two contenders
@@ -73,18 +80,7 @@ def test_prepare_refuses_partial_planes(tmp_path: Path) -> None:
 
 
 def test_quick_matrix_writes_its_sections(tmp_path: Path) -> None:
-    output = tmp_path / "RESULTS.md"
-    output.write_text("# Kept\n\nhand-written notes\n", encoding="utf-8")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "matrix", "--quick", "--cache-dir",
-         str(tmp_path / "data"), "--output", str(output)],
-        capture_output=True, text=True, timeout=90, cwd=REPO, env=env, check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    text = output.read_text(encoding="utf-8")
-    assert text.startswith("# Kept\n\nhand-written notes\n")
+    text = quick_report(tmp_path, "matrix")
     for name in ("issue15-targets", "matrix", "many-small", "cpu-raw-copy", "uvloop"):
         assert f"<!-- {name}:start -->" in text and f"<!-- {name}:end -->" in text, name
     lines = text.splitlines()
