@@ -49,6 +49,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from aiobisque import window
 from aiobisque.config import Config
 from aiobisque.download import Ledger, run_all
 from aiobisque.errors import (
@@ -65,7 +66,7 @@ from aiobisque.outputs import (
     NpyOutput,
     output_format,
 )
-from aiobisque.plan import Plan, ResumedPlan, make_plan
+from aiobisque.plan import Plan, ResumedPlan, make_plan, request_size
 from aiobisque.progress import DownloadStats, Meter, counted
 from aiobisque.protocol import ArrayInfo, not_an_array, parse_resource_ts, parse_uniq, split_path
 from aiobisque.resume import Course, Courses, sibling
@@ -374,6 +375,15 @@ class BulkDownloader:
 
         return await download_table(self, target, info, started, version)
 
+    def _request_bytes(self, state: Course, itemsize: int) -> int:
+        """Bytes per request for a file: ``request_bytes``, or less for a small file, so
+        that as many requests as the window starts with share it (as for in-memory
+        reads). Depends on the selection and the session's options only, so a rerun plans
+        the same requests and the rows journaled for them still apply."""
+        config = self.table.session.config
+        return request_size(state.sel.size * itemsize, config.request_bytes,
+                            spread=min(window.START, config.concurrency))
+
     async def remote_version(self, uniq: str) -> dict[str, Any] | None:
         """What identifies a resource's version: its ``ts`` from the data service.
 
@@ -415,7 +425,8 @@ class BulkDownloader:
         held = await self._buffers.acquire(buf.nbytes)
         try:
             await arr.fill(sub, buf, config=config,
-                           plan=make_plan(sub, arr.dtype.itemsize, config.request_bytes))
+                           plan=make_plan(sub, arr.dtype.itemsize,
+                                          self._request_bytes(state, arr.dtype.itemsize)))
             now = await _in_thread(lambda: block_digest(buf))
         finally:
             await self._buffers.release(held)
@@ -457,10 +468,11 @@ class BulkDownloader:
         assert journal is not None and output is not None
         config = self.table.session.config
         itemsize = arr.dtype.itemsize
+        rb = self._request_bytes(state, itemsize)
 
         def plan_of(block: int) -> tuple[Selection, Plan]:
             sub = state.sel.narrow(grid.region(block))
-            return sub, make_plan(sub, itemsize, config.request_bytes)
+            return sub, make_plan(sub, itemsize, rb)
 
         # Planned lazily, one block as it is taken: a server declaring terabytes costs
         # no memory or time before the first request. A plan's size depends only on the
@@ -493,7 +505,7 @@ class BulkDownloader:
             plan: Plan = full_plan
             base: dict[int, int] = {}
             noted = journal.partial.get(block)
-            if finer and noted is not None and noted[0] == config.request_bytes:
+            if finer and noted is not None and noted[0] == rb:
                 base = noted[1]  # rows of this block's requests saved by an earlier run
                 plan = ResumedPlan(full_plan.selection, full_plan.itemsize, full_plan.tiles,
                                    landed=base)
@@ -554,7 +566,7 @@ class BulkDownloader:
                         for flight, _ in changed.values():
                             if isinstance(flight.buf, np.memmap):
                                 flight.buf.flush()  # msync: the rows are on disk first
-                        journal.note_rows(config.request_bytes,
+                        journal.note_rows(rb,
                                           {b: rows for b, (_, rows) in changed.items()})
 
                     await _in_thread(note)

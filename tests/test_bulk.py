@@ -883,3 +883,20 @@ def test_file_work_runs_in_a_forked_child_too() -> None:
         child.join()
     assert not hung, "the child waited for the parent's file threads"
     assert answers.get(timeout=1) == "child"
+
+
+@pytest.mark.parametrize(("concurrency", "requests"), [(256, 16), (4, 4)])
+async def test_a_small_file_is_spread_over_the_window_start(tmp_path: Path, concurrency: int,
+                                                            requests: int) -> None:
+    # 4 MiB, one request of the default size: split as load_array splits it, so as many
+    # connections as may run carry it (and a rerun plans the same requests)
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    samples.write_array(remote, "big", "volume", (64, 128, 128), dtype="float32", seed=4)
+    out = tmp_path / "big.npy"
+    async with run_server(remote, users=USERS) as server:
+        async with BisqueSession(server.root, auth=USER, concurrency=concurrency) as bq:
+            result = await BulkDownloader(bq.table).download(Target("big", "volume", out))
+        assert server.stats.requests["data"] == requests
+    assert result.stats.requests == requests
+    assert np.array_equal(np.load(out), expected(remote, "big", "volume"))
