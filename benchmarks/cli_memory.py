@@ -27,12 +27,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiobisque.server import samples, serve_in_thread
-from benchmarks.reliability import write_section
-from benchmarks.report import markdown_table
+from benchmarks.report import markdown_table, update_section
 
 UNIQ, PATH, SHAPE = "00-cliMemory", "volume", (256, 512, 512)
 USER, PASSWORD = "bench", "bench-password"
-START, END = "<!-- cli-memory:start -->", "<!-- cli-memory:end -->"
 
 
 def run_one(root: str, out: Path) -> tuple[float, float]:
@@ -111,7 +109,7 @@ def main() -> int:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        write_section(text, Path(__file__).with_name("RESULTS.md"), START, END)
+        update_section(Path(__file__).with_name("RESULTS.md"), "cli-memory", text)
     return 0 if all(r[-1] == "yes" for r in rows) else 1
 
 

@@ -37,13 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiobisque import BisqueSession, DownloadStats
 from aiobisque.server import FaultPlan, run_server, samples
-from benchmarks.report import markdown_table
+from benchmarks.report import markdown_table, update_section
 
 UNIQ, PATH = "00-reliability", "volume"
 SHAPE = (1500, 64, 64)  # one 16 KiB plane per request
 REQUEST_BYTES = 64 * 64 * 4
 USER = ("bench", "bench-password")
-START, END = "<!-- reliability:start -->", "<!-- reliability:end -->"
 
 MIXES: list[tuple[str, FaultPlan]] = [
     ("none (baseline)", FaultPlan()),
@@ -326,17 +325,6 @@ def table(rows: list[list[str]], command: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str, results: Path, start: str = START, end: str = END) -> None:
-    """Replace the ``start``..``end`` section of ``results`` (append it when absent)."""
-    old = results.read_text() if results.exists() else "# Benchmark results\n"
-    section = f"{start}\n{text}\n{end}"
-    if start in old and end in old:
-        new = old.split(start)[0] + section + old.split(end, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + section + "\n"
-    results.write_text(new)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -359,7 +347,7 @@ def main() -> int:
     text = (table(rows, command) if rows else "") + "\n" + issue_table(cases)
     print(text)
     if args.write:
-        write_section(text, Path(__file__).with_name("RESULTS.md"))
+        update_section(Path(__file__).with_name("RESULTS.md"), "reliability", text)
     good = all(r[-1] == "yes" for r in rows) and all(
         r[-1] in ("bit-exact",) or r[-1].startswith("refused") for r in cases)
     return 0 if good else 1

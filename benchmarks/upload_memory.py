@@ -34,12 +34,10 @@ import h5py
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiobisque.server import serve_in_thread
-from benchmarks.reliability import write_section
-from benchmarks.report import markdown_table
+from benchmarks.report import markdown_table, update_section
 
 SHAPE = (256, 512, 512)
 USER, PASSWORD = "bench", "bench-password"
-START, END = "<!-- upload-memory:start -->", "<!-- upload-memory:end -->"
 
 # the child: baseline after imports and login, then build the array, upload, report
 CHILD = r"""
@@ -144,7 +142,7 @@ def main() -> int:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        write_section(text, Path(__file__).with_name("RESULTS.md"), START, END)
+        update_section(Path(__file__).with_name("RESULTS.md"), "upload-memory", text)
     return 0 if all(r[-1] == "yes" for r in rows) else 1
 
 
