@@ -49,7 +49,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from aiobisque import window
 from aiobisque.config import Config
 from aiobisque.download import Ledger, run_all
 from aiobisque.errors import (
@@ -382,7 +381,7 @@ class BulkDownloader:
         the same requests and the rows journaled for them still apply."""
         config = self.table.session.config
         return request_size(state.sel.size * itemsize, config.request_bytes,
-                            spread=min(window.START, config.concurrency))
+                            config.concurrency)
 
     async def remote_version(self, uniq: str) -> dict[str, Any] | None:
         """What identifies a resource's version: its ``ts`` from the data service.

@@ -234,16 +234,18 @@ class ResumedPlan(Plan):
 MIN_SPLIT_BYTES = 256 * 1024
 
 
-def request_size(nbytes: int, request_bytes: int, *, spread: int = START) -> int:
+def request_size(nbytes: int, request_bytes: int, concurrency: int) -> int:
     """Bytes per request for a download of ``nbytes``: ``request_bytes``, or less so that
-    at least ``spread`` requests share a small download (one request is capped by one
-    connection's bandwidth; the window lets :data:`~aiobisque.window.START` run at once),
-    but never below :data:`MIN_SPLIT_BYTES` (each request costs a round trip and a server
-    export).
+    a small download is shared by as many requests as may run at once from the start (the
+    window's :data:`~aiobisque.window.START`, or ``concurrency`` when lower: one request
+    is capped by one connection's bandwidth), but never below :data:`MIN_SPLIT_BYTES`
+    (each request costs a round trip and a server export).
 
-    >>> request_size(16 * 2**20, 4 * 2**20) // 2**20, request_size(2**30, 4 * 2**20) // 2**20
+    >>> MiB = 2**20
+    >>> request_size(16 * MiB, 4 * MiB, 256) // MiB, request_size(2**30, 4 * MiB, 256) // MiB
     (1, 4)
     """
+    spread = min(START, concurrency)
     return min(request_bytes, max(MIN_SPLIT_BYTES, -(-nbytes // spread)))
 
 

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from aiobisque import window
 from aiobisque.config import Config
 from aiobisque.download import Ledger, run_plan
 from aiobisque.errors import (
@@ -443,7 +442,7 @@ class RemoteArray:
         self.check_readable()
         if plan is None:
             size = request_size(sel.size * self.dtype.itemsize, config.request_bytes,
-                                spread=min(window.START, config.concurrency))
+                                config.concurrency)
             plan = make_plan(sel, self.dtype.itemsize, size)
         session = self.table.session
         # the trailing Ellipsis keeps this a view even for 0-d results (not a scalar copy)

@@ -152,8 +152,8 @@ def test_request_size_spreads_small_downloads_over_the_window_start() -> None:
     from aiobisque.plan import MIN_SPLIT_BYTES, request_size
 
     MiB = 1024 * 1024
-    assert request_size(16 * MiB, 4 * MiB) == MiB  # 16 requests, not 4
-    assert request_size(1024 * MiB, 4 * MiB) == 4 * MiB  # large: request_bytes
-    assert request_size(16 * MiB, 4 * MiB, spread=4) == 4 * MiB  # a window of 4
-    assert request_size(64 * 1024, 4 * MiB) == MIN_SPLIT_BYTES  # one request, at least
+    assert request_size(16 * MiB, 4 * MiB, 256) == MiB  # 16 requests, not 4
+    assert request_size(1024 * MiB, 4 * MiB, 256) == 4 * MiB  # large: request_bytes
+    assert request_size(16 * MiB, 4 * MiB, 4) == 4 * MiB  # a window of 4
+    assert request_size(64 * 1024, 4 * MiB, 256) == MIN_SPLIT_BYTES  # one request, at least
 
