@@ -36,6 +36,8 @@ from aiobisque.errors import (
 __all__ = [
     "VIQI_SERVICE_NAMES",
     "ArrayInfo",
+    "below_node",
+    "node_url",
     "parse_info",
     "parse_login_providers",
     "parse_resource_ts",
@@ -133,13 +135,21 @@ def table_url(
     ops: Sequence[str] = (),
 ) -> str:
     """``{table}/{uniq}/{path...}/{range}/{ops...}`` with every component quoted."""
+    return below_node(node_url(table_base, uniq, path), range_text, ops)
+
+
+def node_url(table_base: str, uniq: str, path: Sequence[str]) -> str:
+    """``{table}/{uniq}/{path...}``, quoted: the part every URL about one node shares
+    (quoting it is most of the work of :func:`table_url`, so a caller making many URLs of
+    one node makes it once and adds the rest with :func:`below_node`)."""
     base = table_base if table_base.endswith("/") else table_base + "/"
-    segments = [quote(parse_uniq(uniq), safe="")]
-    segments += [quote_component(c) for c in path]
-    if range_text is not None:
-        segments.append(range_text)
-    segments += list(ops)
-    return base + "/".join(segments)
+    return base + "/".join([quote(parse_uniq(uniq), safe=""),
+                            *(quote_component(c) for c in path)])
+
+
+def below_node(node: str, range_text: str | None = None, ops: Sequence[str] = ()) -> str:
+    """``{node}/{range}/{ops...}``: :func:`table_url` from a :func:`node_url`."""
+    return "/".join([node, *([] if range_text is None else [range_text]), *ops])
 
 
 def _xml(text: str | bytes, what: str, url: str) -> ElementTree.Element:

@@ -24,6 +24,8 @@ from aiobisque.plan import Plan, Request, make_plan, request_size
 from aiobisque.progress import DownloadStats, ProgressCallback
 from aiobisque.protocol import (
     ArrayInfo,
+    below_node,
+    node_url,
     not_an_array,
     parse_info,
     parse_uniq,
@@ -333,7 +335,7 @@ class RemoteArray:
         self.shape: tuple[int, ...] = info.shape
         self.dtype: np.dtype[Any] = info.dtype
         self._path = split_path(info.path)
-        self._url_head: str | None = None  # the quoted part of url_for's URLs, made once
+        self._node_url = node_url(table.base_url, info.uniq, self._path)  # quoted once
 
     @property
     def ndim(self) -> int:
@@ -357,12 +359,8 @@ class RemoteArray:
                 f"dtype={self.dtype}>")
 
     def url_for(self, request: Request) -> str:
-        if not self.shape:
-            return table_url(self.table.base_url, self.info.uniq, self._path, None,
-                             ["format:hdf"])
-        if self._url_head is None:  # quoting the uniq and path is most of the work
-            self._url_head = table_url(self.table.base_url, self.info.uniq, self._path)
-        return f"{self._url_head}/{request.range_text}/format:hdf"
+        range_text = request.range_text if self.shape else None
+        return below_node(self._node_url, range_text, ("format:hdf",))
 
     async def read(
         self, /,
