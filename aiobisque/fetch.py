@@ -535,7 +535,7 @@ class _Tail:
 
     def check(self, received: int) -> None:
         now = time.monotonic()
-        if received == 0 or self._t0 == 0.0:
+        if self._t0 == 0.0:  # the first check, as the body starts: the clock starts
             self._t0, self._at0 = now, received
             self.next = received + self._step
             return
@@ -550,9 +550,6 @@ class _Tail:
             self.limiter.hand_over()
 
 
-_NO_TAIL: Any = type("_NoTail", (), {"next": 1 << 62})()
-
-
 async def _read_body(
     resp: aiohttp.ClientResponse,
     max_body: int,
@@ -560,7 +557,7 @@ async def _read_body(
     on_bytes: Callable[[int], None] | None,
     what: str,
     url: str,
-    tail: _Tail | None = None,
+    tail: _Tail,
 ) -> int:
     """Read the body into ``sink``; returns its length."""
     encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
@@ -576,10 +573,7 @@ async def _read_body(
     feed = sink.feed
     read = resp.content.readany
     received = 0
-    if tail is not None:
-        tail.start(length)
-    else:
-        tail = _NO_TAIL
+    tail.start(length)
     while piece := await read():
         if received >= tail.next:
             tail.check(received)
