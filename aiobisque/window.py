@@ -115,7 +115,7 @@ class Window:
             return
         self.starting = False
         if now - self._cut_at > CUT_GAP:
-            self._cut(0.5, now)
+            self._shrink(0.5, now, least=self.floor)
 
     def on_server_error(self, now: float) -> None:
         """A 5xx that is not a congestion status by itself (500, 502, 504...)."""
@@ -152,7 +152,8 @@ class Window:
             # its answers at the start size is slow, not overloaded by this session
             self.starting = False
             self._shrink(0.75, now, least=self._start)
-        elif self._round_full and self.starting and self._last is not None:
+            return  # the next round starts afresh at the new size, with its next answer
+        if self._round_full and self.starting and self._last is not None:
             last_size, last_rate = self._last
             if self._round_size > last_size * 1.1 and rate < last_rate * GAIN:
                 # a bigger window delivered no more: the link (or server) is full
@@ -160,9 +161,6 @@ class Window:
                 self.size = max(float(self.floor), min(self.size, last_size * 1.25))
         self._last = (self._round_size, rate) if self._round_full else None
         self._begin_round(now)
-
-    def _cut(self, factor: float, now: float) -> None:
-        self._shrink(factor, now, least=self.floor)
 
     def _shrink(self, factor: float, now: float, *, least: float) -> None:
         self.size = max(float(least), self.size * factor)
