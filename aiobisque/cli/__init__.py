@@ -27,6 +27,7 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiobisque.cli.credentials import resolve_auth
 from aiobisque.cli.download import read_list
@@ -105,7 +106,7 @@ COMMANDS = (
 )
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> _Parser:
     """The ``aiobisque`` argument parser.
 
     Every subcommand is listed, but only the arguments of ``command`` (the one about to
@@ -113,14 +114,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """
     from aiobisque import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="aiobisque",
         description="Fast, dependable downloads of N-D arrays from BisQue's table service.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"aiobisque {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                     parser_class=argparse.ArgumentParser)
     common = connection_options()
     for cmd in COMMANDS:
         sub = commands.add_parser(
@@ -133,20 +135,24 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             module = importlib.import_module(cmd.module)
             module.add_arguments(sub)
             sub.set_defaults(handler=module.main)
-            _SUBPARSERS[cmd.name] = sub
+            parser.commands[cmd.name] = sub
     return parser
 
 
-#: the parser of each command loaded by build_parser, for :func:`_parse`
-_SUBPARSERS: dict[str, argparse.ArgumentParser] = {}
+class _Parser(argparse.ArgumentParser):
+    """The top-level parser, which knows the parsers of the commands it loaded."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}
 
 
-def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+def _parse(parser: _Parser, argv: list[str]) -> argparse.Namespace:
     """Parse ``argv``, allowing a command's options between its positionals
     (``download ROOT --user me UNIQ PATH``), which argparse alone refuses as
     "unrecognized arguments"."""
     args, extra = parser.parse_known_args(argv)
-    sub = _SUBPARSERS.get(args.command)
+    sub = parser.commands.get(args.command)
     if not extra or sub is None:
         return parser.parse_args(argv)  # all parsed, or the usual error for what is left
     at = argv.index(args.command)
