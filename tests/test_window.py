@@ -12,10 +12,9 @@ MiB = 1024 * 1024
 def rounds(w: Window, n: int, *, rate: float, now: float, wait: float = 0.1,
            queued: bool = True, nbytes: int = MiB) -> float:
     """``n`` rounds of successes, each delivering ``rate`` bytes/s; returns the clock."""
+    step = nbytes / rate  # seconds between answers at that rate
     for _ in range(n):
-        per_round = w.limit
-        step = per_round * nbytes / rate / per_round
-        for _ in range(per_round):
+        for _ in range(w.limit):  # one round: as many answers as the window at its start
             now += step
             w.on_success(nbytes=nbytes, wait=wait, now=now, queued=queued)
     return now
