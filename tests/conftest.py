@@ -186,6 +186,17 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def without_remote_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Downloads learn no resource version (as from a server without a data service's
+    ``ts``), so only a saved block's checksum can tell a changed remote."""
+    from aiobisque.bulk import BulkDownloader
+
+    async def no_version(self: BulkDownloader, uniq: str) -> None:
+        return None
+
+    monkeypatch.setattr(BulkDownloader, "remote_version", no_version)
+
+
 def served_dtype(dtype: np.dtype) -> np.dtype:
     """The type a real BisQue server serves a dataset of ``dtype`` as: what PyTables reads
     (native byte order; h5py's booleans, an HDF5 enum of int8, as int8)."""

@@ -46,7 +46,7 @@ from aiobisque.progress import DownloadStats, Meter, Progress
 from aiobisque.selection import normalize_selection
 from aiobisque.server import FaultPlan, TableServer, run_server, samples
 from aiobisque.slices import format_slices, parse_slices
-from tests.conftest import FAST_RETRY, USER, USERS, served_dtype
+from tests.conftest import FAST_RETRY, USER, USERS, served_dtype, without_remote_version
 from tests.test_slices import indices
 
 KiB = 1024
@@ -336,19 +336,9 @@ async def test_table_download_resumes_by_row_blocks(session: BisqueSession, serv
     out = tmp_path / f"rows{suffix}"
     target = Target("tab", "rows", out, "::-1")
     want = expected(folder, "tab", "rows")[::-1]
-    server.faults = FaultPlan(latency=0.05)
-    task = asyncio.create_task(BulkDownloader(session.table, block_bytes=200).download(target))
     blocks = out.with_name(out.name + ".part.d")
-    deadline = time.monotonic() + 20
-    # polls the folder: no event tells when a block file appears
-    while len(list_blocks(blocks)) < 2 and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.01)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    kept = list_blocks(blocks)
+    kept = await interrupted_table_download(session, server, target, 200)
     assert len(kept) >= 2 and not out.exists()  # interrupted: complete blocks kept
-    server.faults = FaultPlan()
     before = server.stats.requests["data"]
     result = await BulkDownloader(session.table, block_bytes=200).download(target)
     assert result.resumed_blocks == len(kept) and result.blocks > len(kept)
@@ -824,9 +814,7 @@ async def test_a_changed_remote_table_is_not_mixed_in(tmp_path: Path, ts: str,
     """``moved``: the data service's ts changed; ``none``: no ts (so a saved block is read
     again and compared)."""
     if ts == "none":
-        async def no_version(self: BulkDownloader, uniq: str) -> None:
-            return None
-        monkeypatch.setattr(BulkDownloader, "remote_version", no_version)
+        without_remote_version(monkeypatch)
     remote = tmp_path / "remote"
     remote.mkdir()
     samples.write_table(remote, "tab", "rows", nrows=40)

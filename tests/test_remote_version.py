@@ -16,7 +16,7 @@ import pytest
 from aiobisque import BisqueSession, ResumeError
 from aiobisque.bulk import BulkDownloader, Target
 from aiobisque.server import FaultPlan, TableServer, run_server, samples
-from tests.conftest import USER, USERS
+from tests.conftest import USER, USERS, without_remote_version
 from tests.test_bulk import SMALL, expected, interrupted, journal_header, read_output
 
 SHAPE = (64, 24, 20)
@@ -43,9 +43,7 @@ async def test_changed_values_with_the_same_shape_are_refused(
     """``moved``: the data service's ts changed; ``none``: a server that gives no ts (so
     only the saved block's checksum can tell)."""
     if ts == "none":
-        async def no_version(self: BulkDownloader, uniq: str) -> None:
-            return None
-        monkeypatch.setattr(BulkDownloader, "remote_version", no_version)
+        without_remote_version(monkeypatch)
     remote = tmp_path / "remote"
     remote.mkdir()
     samples.write_array(remote, "vol", "volume", SHAPE, dtype="float32", seed=1)
